@@ -1,0 +1,296 @@
+"""One request's path: parse → forward upstream → relay the answer → hand the ledger a record.
+
+Read top to bottom with proxy/api.py (routes) and proxy/providers.py (what differs per
+provider). Nothing here waits on the database: the ledger writer takes the finished record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+
+from proxy import upstream
+from proxy.providers import OPENAI, Provider, StreamTap
+from proxy.sse import EventSplitter
+from telemetry.ledger import Record, record
+from telemetry.models import Status
+
+# Never forwarded upstream: connection-level headers, what httpx sets itself, cookies for
+# 127.0.0.1, the client's local addresses, and TokenPak's own X-TokenPak-* controls.
+_DROP_REQUEST = frozenset(
+    {
+        "host",
+        "content-length",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "accept-encoding",
+        "cookie",
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-real-ip",
+    }
+)
+# Never passed back: connection-level headers, and what no longer holds after httpx decoded
+# the body (encoding, length) or does not apply to 127.0.0.1 (cookies).
+_DROP_RESPONSE = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-encoding",
+        "content-length",
+        "set-cookie",
+        "date",
+        "server",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Route:
+    provider: Provider
+    event_type: str
+    upstream_path: str
+    billable: bool = True  # count_tokens and model lists cost nothing
+    requires_model: bool = False
+
+
+async def forward(request: HttpRequest, route: Route) -> HttpResponse:
+    provider = route.provider
+    rec = Record(
+        trace_id=uuid.uuid4().hex,
+        provider=provider.name,
+        event_type=route.event_type,
+        endpoint=request.path,
+        ts=time.time(),
+    )
+    headers = _upstream_headers(request, rec)
+
+    try:
+        body = request.body
+    except RequestDataTooBig:
+        limit = settings.MAX_BODY_BYTES // (1024 * 1024)
+        return _refuse(rec, provider, 413, f"Request body is larger than {limit} MB.")
+
+    payload: Any = None
+    strip_usage = False
+    if body and _is_json(request):
+        payload, problem = _parse(body, route.requires_model)
+        if problem:
+            return _refuse(rec, provider, 400, problem)
+        rec.requested_model = rec.sent_model = str(payload.get("model") or "")
+        rec.stream = payload.get("stream") is True
+        if provider is OPENAI and rec.stream and route.event_type == "chat.completions":
+            body, strip_usage = _with_stream_usage(payload, body)
+    elif route.requires_model:
+        return _refuse(rec, provider, 400, "Request body must be a JSON object with a model.")
+    if settings.STORE_PROMPTS:
+        rec.request_body = request.body.decode("utf-8", "replace")
+
+    url = provider.base_url + route.upstream_path
+    if request.META.get("QUERY_STRING"):
+        url += "?" + request.META["QUERY_STRING"]
+    client = upstream.client()
+    try:
+        upstream_request = client.build_request(
+            request.method or "POST", url, headers=headers, content=body or None
+        )
+        response = await client.send(upstream_request, stream=True)
+    except httpx.TimeoutException as e:
+        return _failed(rec, provider, 504, Status.UPSTREAM_TIMEOUT, e, url)
+    except httpx.HTTPError as e:
+        return _failed(rec, provider, 502, Status.UPSTREAM_UNREACHABLE, e, url)
+    except asyncio.CancelledError:
+        rec.finish(Status.CLIENT_CLOSED)
+        record(rec)
+        raise
+
+    rec.upstream_status = response.status_code
+    rec.request_id = response.headers.get(provider.request_id_header, "")
+    out_headers = _client_headers(response, rec.trace_id)
+    if response.is_success and "text/event-stream" in response.headers.get("content-type", ""):
+        tap = provider.tap(rec.sent_model, strip_usage)
+        return StreamingHttpResponse(
+            _relay(response, tap, rec, provider, payload),
+            status=response.status_code,
+            headers=out_headers,
+        )
+
+    try:
+        data = await response.aread()
+    except httpx.TimeoutException as e:
+        return _failed(rec, provider, 504, Status.UPSTREAM_TIMEOUT, e, url)
+    except httpx.HTTPError as e:
+        return _failed(rec, provider, 502, Status.UPSTREAM_UNREACHABLE, e, url)
+    except asyncio.CancelledError:
+        rec.finish(Status.CLIENT_CLOSED)
+        record(rec)
+        raise
+    finally:
+        await response.aclose()
+
+    answer = _loads(data) if "json" in response.headers.get("content-type", "") else None
+    if response.is_success:
+        if route.billable:
+            rec.usage = provider.usage_from_body(answer)
+        if isinstance(answer, dict) and isinstance(answer.get("model"), str):
+            rec.model = answer["model"]
+        rec.finish(Status.OK)
+    else:
+        rec.finish(
+            Status.ERROR,
+            error_class=provider.error_class_from_body(answer) or f"http_{response.status_code}",
+        )
+    rec.ttfb_ms = rec.duration_ms
+    if settings.STORE_PROMPTS:
+        rec.response_body = data.decode("utf-8", "replace")
+    record(rec)
+    return HttpResponse(data, status=response.status_code, headers=out_headers)
+
+
+async def _relay(
+    response: httpx.Response, tap: StreamTap, rec: Record, provider: Provider, payload: Any
+) -> AsyncIterator[bytes]:
+    """Forward whole events as they arrive; read usage on the side; always leave a row."""
+    splitter = EventSplitter()
+    stored: list[bytes] | None = [] if settings.STORE_PROMPTS else None
+    status, error_class = Status.OK, ""
+    try:
+        async for chunk in response.aiter_bytes():
+            out = b"".join([tap.event(event) for event in splitter.feed(chunk)])
+            if out:
+                if rec.ttfb_ms is None:
+                    rec.ttfb_ms = (time.time() - rec.ts) * 1000.0
+                if stored is not None:
+                    stored.append(out)
+                yield out
+        if tap.error_class:
+            status, error_class = Status.ERROR, tap.error_class
+        elif not tap.complete:
+            status, error_class = Status.STREAM_CUT, "incomplete_stream"
+            yield provider.cut_event("TokenPak: the provider ended the stream before it finished.")
+    except asyncio.CancelledError:
+        status = Status.CLIENT_CLOSED
+        raise
+    except httpx.TimeoutException as e:
+        status, error_class = Status.UPSTREAM_TIMEOUT, type(e).__name__
+        yield provider.cut_event("TokenPak: the provider stopped sending (read timeout).")
+    except httpx.HTTPError as e:
+        status, error_class = Status.STREAM_CUT, type(e).__name__
+        yield provider.cut_event("TokenPak: the connection to the provider was lost mid-stream.")
+    finally:
+        await response.aclose()
+        rec.model = tap.response_model
+        if tap.needs_estimate:
+            model = rec.sent_model
+            rec.estimate = lambda: tap.estimate(lambda: provider.estimate_input(payload, model))
+        else:
+            rec.usage = tap.usage
+        if stored is not None:
+            rec.response_body = b"".join(stored).decode("utf-8", "replace")
+        rec.finish(status, error_class=error_class)
+        record(rec)
+
+
+def _upstream_headers(request: HttpRequest, rec: Record) -> list[tuple[str, str]]:
+    headers: list[tuple[str, str]] = []
+    for raw_name, raw_value in request.scope["headers"]:  # type: ignore[attr-defined]
+        name = raw_name.decode("latin-1").lower()
+        if name.startswith("x-tokenpak-"):
+            value = raw_value.decode("latin-1").strip()
+            if name == "x-tokenpak-agent":
+                rec.agent_id = value
+            elif name == "x-tokenpak-session":
+                rec.session_id = value
+        elif name not in _DROP_REQUEST:
+            headers.append((name, raw_value.decode("latin-1")))
+    return headers
+
+
+def _client_headers(response: httpx.Response, trace_id: str) -> dict[str, str]:
+    headers = {k: v for k, v in response.headers.items() if k.lower() not in _DROP_RESPONSE}
+    headers["X-TokenPak-Trace-Id"] = trace_id
+    return headers
+
+
+def _is_json(request: HttpRequest) -> bool:
+    content_type = request.content_type or ""
+    # SDKs always say application/json; curl users often say nothing at all.
+    return content_type in ("", "application/json", "text/plain") or content_type.endswith("+json")
+
+
+def _loads(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
+
+
+def _parse(body: bytes, requires_model: bool) -> tuple[dict, str]:
+    try:
+        payload = json.loads(body)
+    except UnicodeDecodeError:
+        return {}, "Request body is not valid UTF-8."
+    except ValueError as e:
+        return {}, f"Request body is not valid JSON: {e}."
+    if not isinstance(payload, dict):
+        return {}, "Request body must be a JSON object."
+    model = payload.get("model")
+    if requires_model and (not isinstance(model, str) or not model.strip()):
+        return {}, "Missing required parameter: 'model'."
+    return payload, ""
+
+
+def _with_stream_usage(payload: dict, body: bytes) -> tuple[bytes, bool]:
+    """Ask OpenAI for the usage chunk; the relay strips it if the client did not ask."""
+    options = payload.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        return body, False
+    payload["stream_options"] = {**(options if isinstance(options, dict) else {})}
+    payload["stream_options"]["include_usage"] = True
+    return json.dumps(payload, ensure_ascii=False).encode(), True
+
+
+def _refuse(rec: Record, provider: Provider, status: int, message: str) -> HttpResponse:
+    rec.finish(Status.INVALID_REQUEST, error_class=f"http_{status}")
+    record(rec)
+    response = provider.error(status, message)
+    response["X-TokenPak-Trace-Id"] = rec.trace_id
+    return response
+
+
+def _failed(
+    rec: Record, provider: Provider, status: int, outcome: str, error: Exception, url: str
+) -> HttpResponse:
+    rec.finish(outcome, error_class=type(error).__name__)
+    record(rec)
+    where, why = f"{provider.name} upstream {httpx.URL(url).host}", type(error).__name__
+    if outcome == Status.UPSTREAM_TIMEOUT:
+        message = f"TokenPak: {where} timed out ({why})."
+    else:
+        message = f"TokenPak: could not reach {where} ({why})."
+    response = provider.error(status, message)
+    response["X-TokenPak-Trace-Id"] = rec.trace_id
+    return response

@@ -1,0 +1,231 @@
+"""The ledger writer: the only code that writes tp_* rows while serving.
+
+The proxy hands over a finished `Record` (a queue put, no I/O); a background thread prices it,
+estimates tokens for cut streams, logs the request line, and inserts rows in batches. The
+response never waits on the database.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import DatabaseError, close_old_connections, connection, transaction
+
+from telemetry import pricing
+from telemetry.models import Cost, Event, PricingSource, Segment, Status, Usage, UsageSource
+from telemetry.usage import TokenUsage
+
+log = logging.getLogger("tokenpak.requests")
+writer_log = logging.getLogger("tokenpak.ledger")
+
+
+@dataclass
+class Record:
+    """Everything the ledger keeps about one request; filled in along the request's path."""
+
+    trace_id: str
+    provider: str
+    event_type: str
+    endpoint: str
+    ts: float
+    agent_id: str = ""
+    session_id: str = ""
+    requested_model: str = ""
+    sent_model: str = ""
+    model: str = ""  # as the provider reported it
+    stream: bool = False
+    status: str = Status.OK
+    error_class: str = ""
+    upstream_status: int | None = None
+    request_id: str = ""
+    duration_ms: float = 0.0
+    ttfb_ms: float | None = None
+    usage: TokenUsage | None = None
+    # For cut streams: counts what was seen, run by the writer, never on the request path.
+    estimate: Callable[[], TokenUsage] | None = None
+    request_body: str | None = None
+    response_body: str | None = None
+    segments: list[tuple[str, int, int]] = field(default_factory=list)
+
+    def finish(self, status: str, *, error_class: str = "") -> None:
+        self.status = status
+        if error_class:
+            self.error_class = error_class[:64]
+        self.duration_ms = (time.time() - self.ts) * 1000.0
+
+
+class LedgerWriter:
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Record | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._pending = 0  # submitted and not yet written (or given up on)
+        self._idle = threading.Condition(self._lock)
+
+    def submit(self, record: Record) -> None:
+        if not settings.TELEMETRY_ENABLED:
+            return
+        with self._lock:
+            self._pending += 1
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="tokenpak-ledger", daemon=True
+                )
+                self._thread.start()
+        self._queue.put(record)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every submitted record is written; True when nothing is left."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            batch: list[Record] = [] if first is None else [first]
+            # Gather what arrives in the next few ms: one transaction for many rows.
+            deadline = time.monotonic() + settings.LEDGER_FLUSH_SECONDS
+            while len(batch) < settings.LEDGER_BATCH_SIZE:
+                try:
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if item is not None:
+                    batch.append(item)
+            if batch:
+                self._write(batch)
+            with self._idle:
+                self._pending -= len(batch)
+                self._idle.notify_all()
+
+    def _write(self, batch: list[Record]) -> None:
+        rows = [_rows(r) for r in batch]
+        for r, (event, usage, cost, _) in zip(batch, rows, strict=True):
+            _log_request(r, event, usage, cost)
+        for attempt in range(5):
+            try:
+                close_old_connections()
+                with transaction.atomic():
+                    Event.objects.bulk_create([row[0] for row in rows])
+                    Usage.objects.bulk_create([row[1] for row in rows])
+                    Cost.objects.bulk_create([row[2] for row in rows])
+                    segments = [s for row in rows for s in row[3]]
+                    if segments:
+                        Segment.objects.bulk_create(segments)
+                return
+            except DatabaseError as e:
+                writer_log.error(
+                    "ledger write failed (attempt %d, %d rows): %s", attempt + 1, len(rows), e
+                )
+                connection.close()
+                time.sleep(0.2 * (attempt + 1))
+        writer_log.error("ledger: %d rows could not be written and were dropped", len(rows))
+
+
+def _rows(r: Record) -> tuple[Event, Usage, Cost, list[Segment]]:
+    usage, source = r.usage, UsageSource.PROVIDER
+    if usage is None and r.estimate is not None:
+        try:
+            usage, source = r.estimate(), UsageSource.ESTIMATED
+        except Exception:  # an estimate must never cost the row
+            writer_log.exception("token estimate failed for %s", r.trace_id)
+            usage = None
+    if usage is None:
+        usage, source = TokenUsage(), UsageSource.NONE
+    elif usage.estimated:
+        source = UsageSource.ESTIMATED
+
+    model = r.model or r.sent_model or r.requested_model
+    cost_usd = Decimal("0")
+    pricing_source, priced_as = PricingSource.NONE, ""
+    if usage.total:
+        price = pricing.resolve(model, r.provider)
+        cost_usd = pricing.cost(usage, price)
+        pricing_source, priced_as = price.source, price.priced_as
+
+    event = Event(
+        trace_id=r.trace_id,
+        request_id=r.request_id[:128],
+        event_type=r.event_type,
+        ts=r.ts,
+        provider=r.provider,
+        model=model[:128],
+        agent_id=r.agent_id[:128],
+        duration_ms=round(r.duration_ms, 3),
+        status=r.status,
+        error_class=r.error_class,
+        session_id=r.session_id[:128],
+        endpoint=r.endpoint[:255],
+        requested_model=r.requested_model[:128],
+        sent_model=r.sent_model[:128],
+        stream=r.stream,
+        upstream_status=r.upstream_status,
+        ttfb_ms=None if r.ttfb_ms is None else round(r.ttfb_ms, 3),
+        usage_source=source,
+        request_body=r.request_body,
+        response_body=r.response_body,
+    )
+    usage_row = Usage(
+        trace_id=r.trace_id,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cache_hit=usage.cache_read_tokens > 0,
+        cache_read_tokens=usage.cache_read_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        cache_write_1h_tokens=usage.cache_write_1h_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
+        estimated=source == UsageSource.ESTIMATED,
+    )
+    cost_row = Cost(
+        trace_id=r.trace_id,
+        cost_usd=cost_usd,
+        pricing_source=pricing_source,
+        priced_as=priced_as[:128],
+    )
+    segments = [
+        Segment(trace_id=r.trace_id, segment_type=t, tokens_raw=raw, tokens_after=after)
+        for t, raw, after in r.segments
+    ]
+    return event, usage_row, cost_row, segments
+
+
+def _log_request(r: Record, event: Event, usage: Usage, cost: Cost) -> None:
+    log.info(
+        "%s %s %s model=%s status=%s upstream=%s in=%d out=%d cost=$%s %.1fms%s",
+        r.trace_id,
+        r.provider,
+        r.endpoint,
+        event.model or "-",
+        r.status,
+        r.upstream_status if r.upstream_status is not None else "-",
+        usage.input_tokens,
+        usage.output_tokens,
+        cost.cost_usd,
+        r.duration_ms,
+        " (estimated)" if usage.estimated else "",
+    )
+
+
+writer = LedgerWriter()
+
+
+def record(r: Record) -> None:
+    writer.submit(r)
+
+
+# A clean stop (SIGTERM, Ctrl-C, end of a command) writes what is queued before exiting.
+atexit.register(writer.flush)

@@ -1,0 +1,151 @@
+"""The ledger. Table and column names are a public contract: people query the SQLite file.
+
+Seed columns keep their names and types (`ts` REAL unix time, `cache_hit` boolean); everything
+else is an addition. Only telemetry.ledger writes these rows while serving.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.db import models
+
+USD = {"max_digits": 20, "decimal_places": 9, "default": Decimal("0")}
+
+
+class Status(models.TextChoices):
+    OK = "ok"
+    ERROR = "error", "provider error"  # the provider answered with a non-2xx status
+    INVALID_REQUEST = "invalid_request"  # refused by TokenPak, nothing forwarded
+    UPSTREAM_UNREACHABLE = "upstream_unreachable"
+    UPSTREAM_TIMEOUT = "upstream_timeout"
+    STREAM_CUT = "stream_cut"  # the provider ended a stream before it was complete
+    CLIENT_CLOSED = "client_closed"  # the client went away before the response was complete
+
+
+class UsageSource(models.TextChoices):
+    PROVIDER = "provider"  # exact: reported by the provider
+    ESTIMATED = "estimated"  # counted locally from what was seen (cut streams)
+    NONE = "none"  # nothing to count (errors, model lists)
+
+
+class PricingSource(models.TextChoices):
+    CATALOG = "catalog"
+    OVERRIDE = "override"  # a row in tp_pricing (admin or sync_pricing)
+    DEFAULT = "default"  # unknown model: $3 / $15 per MTok
+    NONE = "none"  # no tokens, nothing to price
+
+
+class Event(models.Model):
+    trace_id = models.CharField(max_length=32, primary_key=True)
+    request_id = models.CharField(max_length=128, blank=True, default="")
+    event_type = models.CharField(max_length=32)
+    ts = models.FloatField(db_index=True)
+    provider = models.CharField(max_length=16)
+    model = models.CharField(max_length=128, blank=True, default="")
+    agent_id = models.CharField(max_length=128, blank=True, default="")
+    duration_ms = models.FloatField(default=0.0)
+    status = models.CharField(max_length=24, choices=Status.choices)
+    error_class = models.CharField(max_length=64, blank=True, default="")
+    # Additions for reports.
+    session_id = models.CharField(max_length=128, blank=True, default="")
+    endpoint = models.CharField(max_length=255, blank=True, default="")
+    requested_model = models.CharField(max_length=128, blank=True, default="")
+    sent_model = models.CharField(max_length=128, blank=True, default="")
+    stream = models.BooleanField(default=False)
+    upstream_status = models.IntegerField(null=True, blank=True)
+    ttfb_ms = models.FloatField(null=True, blank=True)
+    usage_source = models.CharField(
+        max_length=16, choices=UsageSource.choices, default=UsageSource.NONE
+    )
+    # Bodies only with telemetry.store_prompts on; credentials never.
+    request_body = models.TextField(null=True, blank=True)
+    response_body = models.TextField(null=True, blank=True)
+
+    class Meta:
+        db_table = "tp_events"
+        indexes = [
+            models.Index(fields=["model", "ts"], name="tp_events_model_ts"),
+            models.Index(fields=["agent_id", "ts"], name="tp_events_agent_ts"),
+            models.Index(fields=["provider", "ts"], name="tp_events_provider_ts"),
+            models.Index(fields=["status", "ts"], name="tp_events_status_ts"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.trace_id} {self.provider} {self.model} {self.status}"
+
+
+class Usage(models.Model):
+    trace = models.OneToOneField(
+        Event, primary_key=True, db_column="trace_id", on_delete=models.CASCADE
+    )
+    # All input the provider processed, cached or not, so providers compare like for like.
+    input_tokens = models.IntegerField(default=0)
+    output_tokens = models.IntegerField(default=0)
+    tokens_saved = models.IntegerField(default=0)
+    savings_pct = models.FloatField(default=0.0)
+    cache_hit = models.BooleanField(default=False)
+    # Additions: the parts of input_tokens billed differently, and output detail.
+    cache_read_tokens = models.IntegerField(default=0)
+    cache_write_tokens = models.IntegerField(default=0)  # all cache writes (5 min + 1 h)
+    cache_write_1h_tokens = models.IntegerField(default=0)  # the 1 h part of the above
+    reasoning_tokens = models.IntegerField(default=0)  # included in output_tokens
+    estimated = models.BooleanField(default=False)
+
+    class Meta:
+        db_table = "tp_usage"
+
+    @property
+    def uncached_input_tokens(self) -> int:
+        return self.input_tokens - self.cache_read_tokens - self.cache_write_tokens
+
+
+class Cost(models.Model):
+    trace = models.OneToOneField(
+        Event, primary_key=True, db_column="trace_id", on_delete=models.CASCADE
+    )
+    cost_usd = models.DecimalField(**USD)
+    cost_saved_usd = models.DecimalField(**USD)
+    pricing_source = models.CharField(
+        max_length=16, choices=PricingSource.choices, default=PricingSource.NONE
+    )
+    priced_as = models.CharField(max_length=128, blank=True, default="")
+
+    class Meta:
+        db_table = "tp_costs"
+
+
+class Segment(models.Model):
+    trace = models.ForeignKey(
+        Event, db_column="trace_id", on_delete=models.CASCADE, related_name="segments"
+    )
+    segment_type = models.CharField(max_length=32)
+    tokens_raw = models.IntegerField(default=0)
+    tokens_after = models.IntegerField(default=0)
+
+    class Meta:
+        db_table = "tp_segments"
+
+
+PRICE = {"max_digits": 14, "decimal_places": 6}
+
+
+class ModelPrice(models.Model):
+    """A price that wins over the shipped catalog (edited in the admin or by sync_pricing)."""
+
+    model = models.CharField(max_length=128, unique=True)
+    provider = models.CharField(max_length=32, blank=True, default="")
+    input_per_mtok = models.DecimalField(**PRICE)
+    output_per_mtok = models.DecimalField(**PRICE)
+    cache_read_per_mtok = models.DecimalField(null=True, blank=True, **PRICE)
+    cache_write_per_mtok = models.DecimalField(null=True, blank=True, **PRICE)
+    cache_write_1h_per_mtok = models.DecimalField(null=True, blank=True, **PRICE)
+    source = models.CharField(max_length=16, default="admin")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "tp_pricing"
+        ordering = ["model"]
+
+    def __str__(self) -> str:
+        return f"{self.model}: ${self.input_per_mtok} / ${self.output_per_mtok} per MTok"

@@ -1,0 +1,86 @@
+"""Local token counting with tiktoken encodings shipped in this folder.
+
+Counting is the fallback (cut streams) and compression's tool, never the billing path when a
+provider reports usage. The encodings load from telemetry/data/tiktoken with their published
+SHA-256, so nothing is downloaded and nothing is cached in /tmp (tiktoken's default).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import threading
+from pathlib import Path
+
+import tiktoken
+
+DATA = Path(__file__).resolve().parent / "data" / "tiktoken"
+
+# pat_str and special tokens as published in tiktoken_ext/openai_public.py (tiktoken 0.14).
+_SPECS: dict[str, dict] = {
+    "cl100k_base": {
+        "sha256": "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
+        "pat_str": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""",  # noqa: E501
+        "special_tokens": {
+            "<|endoftext|>": 100257,
+            "<|fim_prefix|>": 100258,
+            "<|fim_middle|>": 100259,
+            "<|fim_suffix|>": 100260,
+            "<|endofprompt|>": 100276,
+        },
+    },
+    "o200k_base": {
+        "sha256": "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
+        "pat_str": "|".join(
+            [
+                r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+                r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+                r"""\p{N}{1,3}""",
+                r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+                r"""\s*[\r\n]+""",
+                r"""\s+(?!\S)""",
+                r"""\s+""",
+            ]
+        ),
+        "special_tokens": {"<|endoftext|>": 199999, "<|endofprompt|>": 200018},
+    },
+}
+
+_lock = threading.Lock()
+_loaded: dict[str, tiktoken.Encoding] = {}
+
+
+def encoding(name: str) -> tiktoken.Encoding:
+    with _lock:
+        enc = _loaded.get(name)
+        if enc is None:
+            spec = _SPECS[name]
+            data = (DATA / f"{name}.tiktoken").read_bytes()
+            if hashlib.sha256(data).hexdigest() != spec["sha256"]:
+                raise RuntimeError(f"{name}.tiktoken is corrupt (SHA-256 mismatch)")
+            ranks = {
+                base64.b64decode(token): int(rank)
+                for token, rank in (line.split() for line in data.splitlines() if line)
+            }
+            enc = tiktoken.Encoding(
+                name=name,
+                pat_str=spec["pat_str"],
+                mergeable_ranks=ranks,
+                special_tokens=spec["special_tokens"],
+            )
+            _loaded[name] = enc
+        return enc
+
+
+def encoding_for(model: str) -> str:
+    """o200k for today's OpenAI models; cl100k for older ones and as Claude's approximation."""
+    m = model.lower().split("/")[-1]
+    if m.startswith(("gpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "o1", "o3", "o4", "chatgpt")):
+        return "o200k_base"
+    return "cl100k_base"
+
+
+def count(text: str, model: str = "") -> int:
+    if not text:
+        return 0
+    return len(encoding(encoding_for(model)).encode(text, disallowed_special=()))

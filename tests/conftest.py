@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fakeprovider import FakeProvider
+from tests.live import LiveServer, database_env
+
+HOME = Path(os.environ["TOKENPAK_TEST_HOME"])
+
+
+@pytest.fixture(scope="session")
+def fake_provider() -> Iterator[FakeProvider]:
+    with FakeProvider() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake(fake_provider: FakeProvider) -> FakeProvider:
+    fake_provider.reset()
+    return fake_provider
+
+
+def _server_env(fake: FakeProvider, **extra: str) -> dict[str, str]:
+    return {
+        "TOKENPAK_OPENAI_BASE_URL": fake.url,
+        "TOKENPAK_ANTHROPIC_BASE_URL": fake.url,
+        **database_env(),
+        **extra,
+    }
+
+
+@pytest.fixture(scope="session")
+def _session_server(
+    django_db_setup: None, django_db_blocker, fake_provider: FakeProvider
+) -> Iterator[LiveServer]:
+    with django_db_blocker.unblock():
+        env = _server_env(fake_provider)
+    server = LiveServer(env, HOME / "server").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def server(_session_server: LiveServer, transactional_db: None, fake: FakeProvider) -> LiveServer:
+    """The shared server, with an empty ledger and an empty provider log for each test."""
+    return _session_server
+
+
+@pytest.fixture
+def start_server(
+    transactional_db: None, fake: FakeProvider, tmp_path: Path
+) -> Iterator[Callable[..., LiveServer]]:
+    """A server of its own with extra settings (environment names as keyword arguments)."""
+    started: list[LiveServer] = []
+
+    def start(home: Path | None = None, **extra: str) -> LiveServer:
+        server = LiveServer(_server_env(fake, **extra), home or tmp_path / "home").start()
+        started.append(server)
+        return server
+
+    yield start
+    for s in started:
+        s.stop()
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met within %.0f s" % timeout)
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def rows() -> Callable[..., list]:
+    """Wait until the ledger holds n events, then return them with usage and cost."""
+    from telemetry.models import Event
+
+    def get(n: int, timeout: float = 10.0) -> list[Event]:
+        wait_for(lambda: Event.objects.count() >= n, timeout)
+        # A moment more, so a stray extra row would show up in the count.
+        time.sleep(0.1)
+        return list(Event.objects.select_related("usage", "cost").order_by("ts"))
+
+    return get
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to open a socket fails: proves code works offline."""
+
+    def guard(*args: object, **kwargs: object) -> None:
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", guard)
+    monkeypatch.setattr(socket, "create_connection", guard)
+    monkeypatch.setattr(socket, "getaddrinfo", guard)

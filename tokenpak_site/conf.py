@@ -1,0 +1,217 @@
+"""Typed configuration: environment first, then `$TOKENPAK_HOME/config.yaml`, then defaults.
+
+Every setting has an environment name and a dotted key in config.yaml (e.g. TOKENPAK_PORT and
+`server.port`). Bad values stop the process with one clear line instead of limping on.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A setting has a value TokenPak refuses; the message names the setting and the fix."""
+
+
+@dataclass(frozen=True)
+class Key:
+    env: str
+    path: str  # dotted key inside config.yaml
+    help: str
+
+
+# The single list of settings: the README table and `config get/set` read from here.
+KEYS: dict[str, Key] = {
+    k.path: k
+    for k in [
+        Key("TOKENPAK_DB", "db.path", "SQLite file; /dev/null turns telemetry off"),
+        Key("DATABASE_URL", "db.url", "postgres://user@host:port/name (overrides db.path)"),
+        Key("TOKENPAK_PORT", "server.port", "port for runserver / make run"),
+        Key("TOKENPAK_OPENAI_BASE_URL", "providers.openai.base_url", "OpenAI upstream"),
+        Key("TOKENPAK_ANTHROPIC_BASE_URL", "providers.anthropic.base_url", "Anthropic upstream"),
+        Key("TOKENPAK_CONNECT_TIMEOUT", "providers.connect_timeout", "seconds to connect upstream"),
+        Key("TOKENPAK_READ_TIMEOUT", "providers.read_timeout", "seconds between upstream bytes"),
+        Key("TOKENPAK_STORE_PROMPTS", "telemetry.store_prompts", "store request/response bodies"),
+        Key("TOKENPAK_LOG_ENABLED", "log.enabled", "write the request log"),
+        Key("TOKENPAK_LOG_DESTINATION", "log.destination", "file | stdout | syslog"),
+        Key("TOKENPAK_LOG_LEVEL", "log.level", "DEBUG | INFO | WARNING | ERROR"),
+        Key("TOKENPAK_DEBUG", "debug", "verbose logging (headers redacted)"),
+    ]
+}
+
+# Config files are shared and backed up; credentials belong in the client's environment only.
+_SECRET_WORDS = ("api_key", "apikey", "secret", "password", "token", "authorization")
+
+
+def home() -> Path:
+    raw = os.environ.get("TOKENPAK_HOME", "").strip()
+    path = Path(raw).expanduser() if raw else Path.home() / ".tokenpak"
+    if not path.is_absolute():
+        path = path.resolve()
+    return path
+
+
+def ensure_home(path: Path) -> Path:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # mkdir's mode is masked by umask and ignored for an existing folder: set it explicitly.
+    os.chmod(path, 0o700)
+    return path
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = value
+
+
+def load_file(path: Path) -> dict[str, Any]:
+    """config.yaml as a flat {dotted.key: value} dict; env-style names are accepted too."""
+    if not path.exists():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    flat: dict[str, Any] = {}
+    _flatten("", data, flat)
+    by_env = {k.env: k.path for k in KEYS.values()}
+    result: dict[str, Any] = {}
+    for key, value in flat.items():
+        if any(word in key.lower() for word in _SECRET_WORDS):
+            raise ConfigError(
+                f"{path}: '{key}' looks like a credential; config.yaml never holds API keys "
+                "(clients send their own keys, fallbacks name an environment variable)"
+            )
+        result[by_env.get(key, key)] = value
+    return result
+
+
+class Config:
+    """Reads one setting at a time, typed, with the source named in every error."""
+
+    def __init__(self, environ: dict[str, str] | os._Environ[str], file_values: dict[str, Any]):
+        self.environ = environ
+        self.file_values = file_values
+
+    def _raw(self, path: str) -> tuple[Any, str] | None:
+        key = KEYS[path]
+        if key.env in self.environ and self.environ[key.env].strip() != "":
+            return self.environ[key.env].strip(), f"environment variable {key.env}"
+        if path in self.file_values and self.file_values[path] is not None:
+            return self.file_values[path], f"config.yaml key {path}"
+        return None
+
+    def str(self, path: str, default: str) -> str:
+        raw = self._raw(path)
+        return default if raw is None else str(raw[0])
+
+    def int(self, path: str, default: int, lo: int, hi: int) -> int:
+        raw = self._raw(path)
+        if raw is None:
+            return default
+        value, source = raw
+        try:
+            number = int(str(value), 10)
+        except ValueError:
+            raise ConfigError(f"{source}: expected a whole number, got {value!r}") from None
+        if not lo <= number <= hi:
+            raise ConfigError(f"{source}: {number} is outside {lo}..{hi}")
+        return number
+
+    def float(self, path: str, default: float, lo: float, hi: float) -> float:
+        raw = self._raw(path)
+        if raw is None:
+            return default
+        value, source = raw
+        try:
+            number = float(str(value))
+        except ValueError:
+            raise ConfigError(f"{source}: expected a number of seconds, got {value!r}") from None
+        if not lo <= number <= hi:
+            raise ConfigError(f"{source}: {number} is outside {lo}..{hi}")
+        return number
+
+    def bool(self, path: str, default: bool) -> bool:
+        raw = self._raw(path)
+        if raw is None:
+            return default
+        value, source = raw
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{source}: expected 1/0, true/false, yes/no or on/off, got {value!r}")
+
+    def choice(self, path: str, default: str, choices: tuple[str, ...]) -> str:
+        raw = self._raw(path)
+        if raw is None:
+            return default
+        value, source = raw
+        text = str(value).strip()
+        for choice in choices:
+            if text.lower() == choice.lower():
+                return choice
+        raise ConfigError(f"{source}: expected one of {', '.join(choices)}, got {value!r}")
+
+    def url(self, path: str, default: str, schemes: tuple[str, ...] = ("http", "https")) -> str:
+        raw = self._raw(path)
+        if raw is None:
+            return default
+        value, source = raw
+        text = str(value).strip()
+        parts = urlsplit(text)
+        if parts.scheme not in schemes or not parts.hostname:
+            raise ConfigError(
+                f"{source}: expected a URL like {schemes[0]}://host[:port], got {value!r}"
+            )
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            raise ConfigError(f"{source}: bad port in {value!r}") from None
+        return text.rstrip("/")
+
+
+def database_from_url(url: str) -> dict[str, Any]:
+    """DATABASE_URL → Django DATABASES entry. Only PostgreSQL: SQLite is TOKENPAK_DB's job."""
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/")
+    if not name:
+        raise ConfigError(f"DATABASE_URL: no database name in {url!r}")
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": name,
+        "USER": parts.username or "",
+        "PASSWORD": parts.password or "",
+        "HOST": parts.hostname or "",
+        "PORT": str(parts.port or ""),
+        "CONN_MAX_AGE": 0,
+    }
+
+
+def secret_key(home_dir: Path) -> str:
+    """Generated once, kept 0600 beside the ledger, so sessions survive restarts."""
+    path = home_dir / "secret_key"
+    if path.exists():
+        return path.read_text().strip()
+    key = secrets.token_urlsafe(50)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another worker won the race: use its key
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write(key)
+    return key

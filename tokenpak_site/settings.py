@@ -1,0 +1,139 @@
+"""Django settings. Every value a user can change is read through tokenpak_site.conf."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from tokenpak_site import conf, logs
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+try:
+    TOKENPAK_HOME = conf.ensure_home(conf.home())
+    _cfg = conf.Config(os.environ, conf.load_file(TOKENPAK_HOME / "config.yaml"))
+
+    _db_url = _cfg.url("db.url", "", schemes=("postgres", "postgresql"))
+    _db_path = _cfg.str("db.path", str(TOKENPAK_HOME / "monitor.db"))
+    TOKENPAK_PORT = _cfg.int("server.port", 8766, 1, 65535)
+    OPENAI_BASE_URL = _cfg.url("providers.openai.base_url", "https://api.openai.com")
+    ANTHROPIC_BASE_URL = _cfg.url("providers.anthropic.base_url", "https://api.anthropic.com")
+    UPSTREAM_CONNECT_TIMEOUT = _cfg.float("providers.connect_timeout", 10.0, 0.1, 600.0)
+    # Reasoning models can think for minutes before the first byte; a short read timeout
+    # would cut real answers.
+    UPSTREAM_READ_TIMEOUT = _cfg.float("providers.read_timeout", 600.0, 0.1, 3600.0)
+    STORE_PROMPTS = _cfg.bool("telemetry.store_prompts", False)
+    LOG_ENABLED = _cfg.bool("log.enabled", True)
+    LOG_DESTINATION = _cfg.choice("log.destination", "file", ("file", "stdout", "syslog"))
+    TOKENPAK_DEBUG = _cfg.bool("debug", False)
+    LOG_LEVEL = _cfg.choice(
+        "log.level", "DEBUG" if TOKENPAK_DEBUG else "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")
+    )
+    SECRET_KEY = conf.secret_key(TOKENPAK_HOME)
+except (conf.ConfigError, OSError) as e:
+    sys.stderr.write(f"tokenpak: configuration error: {e}\n")
+    raise SystemExit(2) from None
+
+# /dev/null means "no disk writes": the proxy forwards, the ledger writer drops rows.
+TELEMETRY_ENABLED = _db_url != "" or _db_path != os.devnull
+
+if _db_url:
+    _default_db = conf.database_from_url(_db_url)
+    TOKENPAK_DB_LABEL = _db_url.split("@")[-1]  # never show a password
+elif TELEMETRY_ENABLED:
+    # The ledger is private: create it 0600 before SQLite does with the umask's mode.
+    if not os.path.exists(_db_path) and os.path.isdir(os.path.dirname(_db_path) or "."):
+        os.close(os.open(_db_path, os.O_WRONLY | os.O_CREAT, 0o600))
+    _default_db = {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": _db_path,
+        "OPTIONS": {
+            # IMMEDIATE takes the write lock at BEGIN, so two writers wait on busy_timeout
+            # instead of failing with "database is locked" on lock upgrade.
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        },
+        "TEST": {"NAME": str(Path(_db_path).with_name("test_" + Path(_db_path).name))},
+    }
+    TOKENPAK_DB_LABEL = _db_path
+else:
+    _default_db = {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}
+    TOKENPAK_DB_LABEL = "(telemetry off)"
+
+DATABASES = {"default": _default_db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+DEBUG = False
+ALLOWED_HOSTS = ["127.0.0.1", "localhost", "[::1]", "::1"]
+
+INSTALLED_APPS = [
+    "daphne",  # first, so `manage.py runserver` is the ASGI server
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "import_export",
+    "proxy",
+    "telemetry",
+    "budgets",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+# CommonMiddleware must never redirect an SDK's POST.
+APPEND_SLASH = False
+
+ROOT_URLCONF = "tokenpak_site.urls"
+ASGI_APPLICATION = "tokenpak_site.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+# Agents send whole repositories as context; the provider, not Django, decides what is too big.
+DATA_UPLOAD_MAX_MEMORY_SIZE = 32 * 1024 * 1024
+MAX_BODY_BYTES = DATA_UPLOAD_MAX_MEMORY_SIZE
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = TOKENPAK_HOME / "static"
+
+# runserver takes its default port from here (see proxy/management/commands/runserver.py).
+RUNSERVER_ADDR = "127.0.0.1"
+
+# Ledger writer: rows are batched off the request path.
+LEDGER_BATCH_SIZE = 500
+LEDGER_FLUSH_SECONDS = 0.05
+
+LOGGING = logs.build(
+    enabled=LOG_ENABLED,
+    destination=LOG_DESTINATION,
+    level=LOG_LEVEL,
+    log_file=TOKENPAK_HOME / "tokenpak.log",
+)
