@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -24,6 +25,9 @@ from proxy.providers import OPENAI, Provider, StreamTap
 from proxy.sse import EventSplitter
 from telemetry.ledger import Record, record
 from telemetry.models import Status
+from tokenpak_site.logs import redact_headers
+
+log = logging.getLogger("tokenpak.requests")
 
 # Never forwarded upstream: connection-level headers, what httpx sets itself, cookies for
 # 127.0.0.1, the client's local addresses, and TokenPak's own X-TokenPak-* controls.
@@ -112,6 +116,9 @@ async def forward(request: HttpRequest, route: Route) -> HttpResponse:
     url = provider.base_url + route.upstream_path
     if request.META.get("QUERY_STRING"):
         url += "?" + request.META["QUERY_STRING"]
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("%s -> %s %s headers=%s", rec.trace_id, request.method, url,
+                  redact_headers(dict(headers)))
     client = upstream.client()
     try:
         upstream_request = client.build_request(

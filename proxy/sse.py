@@ -23,7 +23,7 @@ class EventSplitter:
         buf = self._buf + chunk if self._buf else chunk
         start = 0
         # Resume the search just before the new bytes: a separator may straddle chunks.
-        scan = max(0, len(self._buf) - 3)
+        scan = len(self._buf)
         while True:
             m = _EVENT_END.search(buf, scan)
             if m is None:

@@ -85,6 +85,7 @@ class LedgerWriter:
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every submitted record is written; True when nothing is left."""
         deadline = time.monotonic() + timeout
+        self._queue.put(None)  # wake the writer: don't wait for the batch to fill
         with self._idle:
             while self._pending:
                 left = deadline - time.monotonic()
@@ -99,13 +100,14 @@ class LedgerWriter:
             batch: list[Record] = [] if first is None else [first]
             # Gather what arrives in the next few ms: one transaction for many rows.
             deadline = time.monotonic() + settings.LEDGER_FLUSH_SECONDS
-            while len(batch) < settings.LEDGER_BATCH_SIZE:
+            while first is not None and len(batch) < settings.LEDGER_BATCH_SIZE:
                 try:
                     item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
-                if item is not None:
-                    batch.append(item)
+                if item is None:  # flush() asks for the batch now
+                    break
+                batch.append(item)
             if batch:
                 self._write(batch)
             with self._idle:

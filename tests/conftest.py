@@ -1,17 +1,15 @@
 from __future__ import annotations
 
-import os
 import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from django.conf import settings
 
 from tests.fakeprovider import FakeProvider
 from tests.live import LiveServer, database_env
-
-HOME = Path(os.environ["TOKENPAK_TEST_HOME"])
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +39,7 @@ def _session_server(
 ) -> Iterator[LiveServer]:
     with django_db_blocker.unblock():
         env = _server_env(fake_provider)
-    server = LiveServer(env, HOME / "server").start()
+    server = LiveServer(env, Path(settings.TOKENPAK_HOME) / "server").start()
     yield server
     server.stop()
 
@@ -73,7 +71,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError("condition not met within %.0f s" % timeout)
+            raise AssertionError(f"condition not met within {timeout:.0f} s")
         time.sleep(0.02)
 
 

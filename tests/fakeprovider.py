@@ -206,6 +206,9 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     # Tests restart providers quickly; don't let TIME_WAIT block a rebind.
     allow_reuse_address = True
+    # Concurrency tests open hundreds of connections at once; the default backlog of 5
+    # would turn a burst into SYN retries.
+    request_queue_size = 1024
 
     def __init__(
         self,
@@ -799,6 +802,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.untrack(self.connection)
 
     def log_message(self, format: str, *args: Any) -> None:
+        # One stderr line per request would drown pytest's output.
         return
 
     def do_GET(self) -> None:

@@ -130,13 +130,12 @@ def test_it_parses_streams_split_at_odd_byte_boundaries(server, fake, rows, scen
 
 def test_it_records_a_cut_stream_with_exact_input_and_estimated_output(server, fake, rows):
     # Events: message_start, content_block_start, ping, delta "Hello", delta " from", cut.
-    with pytest.raises(anthropic.APIStatusError, match="TokenPak"):
-        with client(server).messages.stream(
-            model=MODEL, max_tokens=100, messages=MESSAGES,
-            extra_headers={"x-fake-scenario": "cut=5", **usage_header(input_tokens=321)},
-        ) as stream:
-            for _ in stream.text_stream:
-                pass
+    with pytest.raises(anthropic.APIStatusError, match="TokenPak"), client(server).messages.stream(
+        model=MODEL, max_tokens=100, messages=MESSAGES,
+        extra_headers={"x-fake-scenario": "cut=5", **usage_header(input_tokens=321)},
+    ) as stream:
+        for _ in stream.text_stream:
+            pass
     [event] = rows(1)
     assert event.status == "stream_cut" and event.usage_source == "estimated"
     assert event.usage.input_tokens == 321  # from message_start: exact
@@ -144,13 +143,13 @@ def test_it_records_a_cut_stream_with_exact_input_and_estimated_output(server, f
 
 
 def test_it_records_an_error_event_inside_a_stream(server, fake, rows):
-    with pytest.raises(anthropic.APIStatusError, match="Overloaded"):
-        with client(server).messages.stream(
-            model=MODEL, max_tokens=100, messages=MESSAGES,
-            extra_headers={"x-fake-scenario": "stream_error"},
-        ) as stream:
-            for _ in stream.text_stream:
-                pass
+    overloaded = pytest.raises(anthropic.APIStatusError, match="Overloaded")
+    with overloaded, client(server).messages.stream(
+        model=MODEL, max_tokens=100, messages=MESSAGES,
+        extra_headers={"x-fake-scenario": "stream_error"},
+    ) as stream:
+        for _ in stream.text_stream:
+            pass
     [event] = rows(1)
     assert (event.status, event.error_class) == ("error", "overloaded_error")
 

@@ -39,6 +39,7 @@ KEYS: dict[str, Key] = {
         Key("TOKENPAK_CONNECT_TIMEOUT", "providers.connect_timeout", "seconds to connect upstream"),
         Key("TOKENPAK_READ_TIMEOUT", "providers.read_timeout", "seconds between upstream bytes"),
         Key("TOKENPAK_STORE_PROMPTS", "telemetry.store_prompts", "store request/response bodies"),
+        Key("TOKENPAK_FLUSH_SECONDS", "telemetry.flush_seconds", "ledger batch window"),
         Key("TOKENPAK_LOG_ENABLED", "log.enabled", "write the request log"),
         Key("TOKENPAK_LOG_DESTINATION", "log.destination", "file | stdout | syslog"),
         Key("TOKENPAK_LOG_LEVEL", "log.level", "DEBUG | INFO | WARNING | ERROR"),

@@ -30,6 +30,8 @@ try:
     LOG_LEVEL = _cfg.choice(
         "log.level", "DEBUG" if TOKENPAK_DEBUG else "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")
     )
+    # How long the ledger writer gathers rows into one transaction.
+    LEDGER_FLUSH_SECONDS = _cfg.float("telemetry.flush_seconds", 0.05, 0.0, 60.0)
     SECRET_KEY = conf.secret_key(TOKENPAK_HOME)
 except (conf.ConfigError, OSError) as e:
     sys.stderr.write(f"tokenpak: configuration error: {e}\n")
@@ -60,7 +62,7 @@ elif TELEMETRY_ENABLED:
     TOKENPAK_DB_LABEL = _db_path
 else:
     _default_db = {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}
-    TOKENPAK_DB_LABEL = "(telemetry off)"
+    TOKENPAK_DB_LABEL = os.devnull
 
 DATABASES = {"default": _default_db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -129,7 +131,6 @@ RUNSERVER_ADDR = "127.0.0.1"
 
 # Ledger writer: rows are batched off the request path.
 LEDGER_BATCH_SIZE = 500
-LEDGER_FLUSH_SECONDS = 0.05
 
 LOGGING = logs.build(
     enabled=LOG_ENABLED,

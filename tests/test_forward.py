@@ -1,0 +1,133 @@
+"""Bad input and unreachable providers: clear errors in the provider's own shape, one row each."""
+
+from __future__ import annotations
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from tests.live import free_port
+
+OPENAI_HEADERS = {"authorization": "Bearer sk-test-000000", "content-type": "application/json"}
+ANTHROPIC_HEADERS = {
+    "x-api-key": "sk-ant-test-000000",
+    "anthropic-version": "2023-06-01",
+    "content-type": "application/json",
+}
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b'{"model": "gpt-4o", "messages": [', "not valid JSON"),
+        (b'{"messages": []}', "Missing required parameter: 'model'"),
+        (b'["gpt-4o"]', "must be a JSON object"),
+        (b"{\"model\": \"\xff\"}", "not valid UTF-8"),
+    ],
+)
+def test_it_refuses_bad_openai_bodies_in_openai_shape(server, fake, rows, body, message):
+    response = httpx.post(server.url + "/v1/chat/completions", content=body,
+                          headers=OPENAI_HEADERS)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert message in error["message"]
+    assert error["type"] == "invalid_request_error"
+    assert fake.log == []  # nothing forwarded
+    [event] = rows(1)
+    assert (event.status, event.error_class, event.upstream_status) == (
+        "invalid_request", "http_400", None)
+    assert response.headers["x-tokenpak-trace-id"] == event.trace_id
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b'{"model": "claude-sonnet-4-6", "max_tokens":', "not valid JSON"),
+        (b'{"max_tokens": 5, "messages": []}', "Missing required parameter: 'model'"),
+    ],
+)
+def test_it_refuses_bad_anthropic_bodies_in_anthropic_shape(server, fake, rows, body, message):
+    response = httpx.post(server.url + "/v1/messages", content=body, headers=ANTHROPIC_HEADERS)
+    assert response.status_code == 400
+    payload = response.json()
+    assert payload["type"] == "error"
+    assert payload["error"]["type"] == "invalid_request_error"
+    assert message in payload["error"]["message"]
+    assert fake.log == []
+    assert rows(1)[0].status == "invalid_request"
+
+
+def test_it_gives_the_sdk_an_error_it_understands(server, fake, rows):
+    c = anthropic.Anthropic(base_url=server.url, api_key="sk-ant-test-1", max_retries=0)
+    with pytest.raises(anthropic.BadRequestError, match="model"):
+        c.messages.create(model="", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    assert fake.log == []
+    rows(1)
+
+
+def test_it_answers_502_when_the_provider_is_unreachable(start_server, rows):
+    closed = f"http://127.0.0.1:{free_port()}"
+    server = start_server(TOKENPAK_OPENAI_BASE_URL=closed, TOKENPAK_ANTHROPIC_BASE_URL=closed)
+    with pytest.raises(openai.InternalServerError) as info:
+        openai.OpenAI(base_url=server.url + "/v1", api_key="sk-x-000000", max_retries=0
+                      ).chat.completions.create(model="gpt-4o", messages=[])
+    assert info.value.status_code == 502
+    assert "could not reach openai upstream 127.0.0.1 (ConnectError)" in str(info.value)
+    response = httpx.post(server.url + "/v1/messages", headers=ANTHROPIC_HEADERS,
+                          json={"model": "claude-haiku-4-5", "max_tokens": 1, "messages": []})
+    assert response.status_code == 502
+    assert response.json()["error"]["type"] == "api_error"
+    events = rows(2)
+    assert [(e.status, e.error_class) for e in events] == [
+        ("upstream_unreachable", "ConnectError")] * 2
+
+
+def test_it_answers_504_when_the_provider_does_not_answer_in_time(start_server, fake, rows):
+    server = start_server(TOKENPAK_READ_TIMEOUT="0.5")
+    response = httpx.post(
+        server.url + "/v1/messages",
+        headers={**ANTHROPIC_HEADERS, "x-fake-scenario": "hang"},
+        json={"model": "claude-haiku-4-5", "max_tokens": 1, "messages": []},
+    )
+    assert response.status_code == 504
+    assert response.json()["error"]["type"] == "timeout_error"
+    assert "timed out (ReadTimeout)" in response.json()["error"]["message"]
+    [event] = rows(1)
+    assert (event.status, event.error_class) == ("upstream_timeout", "ReadTimeout")
+
+
+def test_it_times_out_a_stream_that_stalls_and_says_so_in_the_stream(start_server, fake, rows):
+    server = start_server(TOKENPAK_READ_TIMEOUT="0.5")
+    stream = openai.OpenAI(base_url=server.url + "/v1", api_key="sk-x-000000", max_retries=0
+                           ).chat.completions.create(
+        model="gpt-4o-mini", messages=[], stream=True,
+        extra_headers={"x-fake-scenario": "gate"},
+    )
+    with pytest.raises(openai.APIError, match="read timeout"):
+        list(stream)
+    fake.release.set()
+    [event] = rows(1)
+    assert (event.status, event.error_class) == ("upstream_timeout", "ReadTimeout")
+    assert event.usage.estimated and event.usage.output_tokens == 1  # "Hello" was seen
+
+
+def test_it_passes_a_malformed_provider_body_through_untouched(server, fake, rows):
+    response = httpx.post(
+        server.url + "/v1/chat/completions",
+        headers={**OPENAI_HEADERS, "x-fake-scenario": "malformed"},
+        json={"model": "gpt-4o", "messages": []},
+    )
+    assert (response.status_code, response.content) == (200, b"{not json")
+    [event] = rows(1)
+    assert event.status == "ok" and event.usage_source == "none" and event.cost.cost_usd == 0
+
+
+def test_it_refuses_a_body_over_the_limit_with_413(server, fake, rows):
+    big = b'{"model": "gpt-4o", "pad": "' + b"x" * (32 * 1024 * 1024) + b'"}'
+    response = httpx.post(server.url + "/v1/chat/completions", content=big,
+                          headers=OPENAI_HEADERS, timeout=60)
+    assert response.status_code == 413
+    assert "larger than 32 MB" in response.json()["error"]["message"]
+    assert fake.log == []
+    assert rows(1)[0].error_class == "http_413"
