@@ -23,7 +23,7 @@ class EventSplitter:
         buf = self._buf + chunk if self._buf else chunk
         start = 0
         # Resume the search just before the new bytes: a separator may straddle chunks.
-        scan = len(self._buf)
+        scan = max(0, len(self._buf) - 3)
         while True:
             m = _EVENT_END.search(buf, scan)
             if m is None:

@@ -52,7 +52,9 @@ class LiveServer:
         home.mkdir(parents=True, exist_ok=True)
         out = open(self.log_path, "wb")  # noqa: SIM115 - the child writes it until stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
+            # Twisted's default listen backlog of 50 resets connections in a burst of 500.
+            [sys.executable, "-m", "daphne",
+             "-e", f"tcp:port={self.port}:interface=127.0.0.1:backlog=2048",
              "tokenpak_site.asgi:application"],
             cwd=ROOT,
             env=self.env,

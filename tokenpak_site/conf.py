@@ -81,7 +81,12 @@ def load_file(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from e
+        # str(e) spans several lines and quotes the offending line, which may hold a secret:
+        # report the position and the problem only, on one line.
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise ConfigError(f"{path}: not valid YAML{where} ({problem})") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level")
     flat: dict[str, Any] = {}
@@ -89,12 +94,14 @@ def load_file(path: Path) -> dict[str, Any]:
     by_env = {k.env: k.path for k in KEYS.values()}
     result: dict[str, Any] = {}
     for key, value in flat.items():
-        if any(word in key.lower() for word in _SECRET_WORDS):
+        name = by_env.get(key, key)
+        # Checked after mapping env-style names: every TOKENPAK_* name contains "token".
+        if any(word in name.lower() for word in _SECRET_WORDS):
             raise ConfigError(
                 f"{path}: '{key}' looks like a credential; config.yaml never holds API keys "
                 "(clients send their own keys, fallbacks name an environment variable)"
             )
-        result[by_env.get(key, key)] = value
+        result[name] = value
     return result
 
 
