@@ -10,6 +10,8 @@ class TelemetryConfig(AppConfig):
     def ready(self) -> None:
         from django.conf import settings
 
+        from telemetry import signals  # noqa: F401 - connects the price-cache receivers
+
         if not settings.TELEMETRY_ENABLED:
             logging.getLogger("tokenpak").warning(
                 "telemetry is off (TOKENPAK_DB=%s): requests are forwarded, nothing is recorded",

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import anthropic
 import openai
+import pytest
 from django.db import connection
 
 from telemetry.models import Cost, Event, Segment, Usage
@@ -28,11 +29,9 @@ def _traffic(server) -> None:
         default_headers={"x-api-key": ANTHROPIC_KEY},
     )
     old_style.messages.count_tokens(model="claude-haiku-4-5", messages=[])
-    try:
+    with pytest.raises(openai.AuthenticationError):
         o.chat.completions.create(model="gpt-4o-mini", messages=[],
                                   extra_headers={"x-fake-scenario": "status=401"})
-    except openai.AuthenticationError:
-        pass
 
 
 def _database_text() -> str:

@@ -1,0 +1,48 @@
+# make run: fresh machine → venv, install, migrate, serve on 127.0.0.1:8766.
+# make test: fresh machine → venv, install, the whole suite on SQLite, then on PostgreSQL.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PG_URL ?= postgres://postgres@127.0.0.1:5432/test
+
+.PHONY: run test test-sqlite test-postgres lint clean
+
+$(VENV)/.installed-run: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-test: requirements.txt requirements-test.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
+	touch $@ $(VENV)/.installed-run
+
+run: $(VENV)/.installed-run
+	$(PY) manage.py migrate --verbosity 0
+	@$(PY) manage.py endpoints
+	$(PY) manage.py runserver --noreload
+
+test: $(VENV)/.installed-test
+	$(PY) -m ruff check .
+	$(MAKE) --no-print-directory test-sqlite
+	$(MAKE) --no-print-directory test-postgres
+
+test-sqlite: $(VENV)/.installed-test
+	@echo "== test suite on SQLite"
+	env -u DATABASE_URL $(PY) -m pytest -q
+
+test-postgres: $(VENV)/.installed-test
+	@if $(PY) -c "import psycopg, sys; psycopg.connect('$(PG_URL)', connect_timeout=3).close()" 2>/dev/null; then \
+		echo "== test suite on PostgreSQL ($(PG_URL))"; \
+		DATABASE_URL=$(PG_URL) $(PY) -m pytest -q; \
+	elif [ "$${CI:-}" = "true" ]; then \
+		echo "PostgreSQL at $(PG_URL) is not answering, and CI requires it"; exit 1; \
+	else \
+		echo "== PostgreSQL at $(PG_URL) is not answering: skipping the PostgreSQL pass"; \
+	fi
+
+lint: $(VENV)/.installed-test
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf $(VENV)
