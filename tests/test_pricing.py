@@ -337,7 +337,10 @@ def test_it_reads_overrides_from_the_database_at_most_every_five_seconds(monkeyp
     # Inside the test's transaction the read is wrapped in a savepoint, hence filtering.
     reads = [q["sql"] for q in queries if "tp_pricing" in q["sql"]]
     assert len(reads) == 1
-    _override("gpt-4o", "1", "2")
+    # Another process (a second proxy worker) writes the row: no signal reaches this one.
+    ModelPrice.objects.bulk_create(
+        [ModelPrice(model="gpt-4o", input_per_mtok=D("1"), output_per_mtok=D("2"))]
+    )
     now[0] += 4.9
     assert resolve("gpt-4o").source == "catalog"  # cached
     now[0] += 0.2
@@ -345,11 +348,12 @@ def test_it_reads_overrides_from_the_database_at_most_every_five_seconds(monkeyp
 
 
 @pytest.mark.django_db
-def test_it_sees_an_override_at_once_after_clear_cache():
+def test_it_sees_an_override_saved_in_this_process_at_once():
     assert resolve("gpt-4o").source == "catalog"
-    _override("gpt-4o", "1", "2")
-    pricing.clear_cache()
+    price = _override("gpt-4o", "1", "2")  # post_save clears the cache
     assert resolve("gpt-4o").source == "override"
+    price.delete()
+    assert resolve("gpt-4o").source == "catalog"
 
 
 def test_it_falls_back_to_the_catalog_when_tp_pricing_is_unreadable(monkeypatch):
