@@ -125,6 +125,12 @@ async def forward(request: HttpRequest, route: Route) -> HttpResponse:
             request.method or "POST", url, headers=headers, content=body or None
         )
         response = await client.send(upstream_request, stream=True)
+        rec.upstream_status = response.status_code
+        rec.request_id = response.headers.get(provider.request_id_header, "")
+        streaming = response.is_success and "text/event-stream" in response.headers.get(
+            "content-type", ""
+        )
+        data = b"" if streaming else await _read(response)
     except httpx.TimeoutException as e:
         return _failed(rec, provider, 504, Status.UPSTREAM_TIMEOUT, e, url)
     except httpx.HTTPError as e:
@@ -134,29 +140,14 @@ async def forward(request: HttpRequest, route: Route) -> HttpResponse:
         record(rec)
         raise
 
-    rec.upstream_status = response.status_code
-    rec.request_id = response.headers.get(provider.request_id_header, "")
     out_headers = _client_headers(response, rec.trace_id)
-    if response.is_success and "text/event-stream" in response.headers.get("content-type", ""):
+    if streaming:
         tap = provider.tap(rec.sent_model, strip_usage)
         return StreamingHttpResponse(
             _relay(response, tap, rec, provider, payload),
             status=response.status_code,
             headers=out_headers,
         )
-
-    try:
-        data = await response.aread()
-    except httpx.TimeoutException as e:
-        return _failed(rec, provider, 504, Status.UPSTREAM_TIMEOUT, e, url)
-    except httpx.HTTPError as e:
-        return _failed(rec, provider, 502, Status.UPSTREAM_UNREACHABLE, e, url)
-    except asyncio.CancelledError:
-        rec.finish(Status.CLIENT_CLOSED)
-        record(rec)
-        raise
-    finally:
-        await response.aclose()
 
     answer = _loads(data) if "json" in response.headers.get("content-type", "") else None
     if response.is_success:
@@ -219,6 +210,13 @@ async def _relay(
             rec.response_body = b"".join(stored).decode("utf-8", "replace")
         rec.finish(status, error_class=error_class)
         record(rec)
+
+
+async def _read(response: httpx.Response) -> bytes:
+    try:
+        return await response.aread()
+    finally:
+        await response.aclose()
 
 
 def _upstream_headers(request: HttpRequest, rec: Record) -> list[tuple[str, str]]:

@@ -187,15 +187,22 @@ class Provider:
     def error_body(self, status: int, message: str, error_type: str) -> dict:
         raise NotImplementedError
 
+    _types: ClassVar[dict[int, str]]
+    _server_error: ClassVar[str]
+    _parse_usage: ClassVar[Callable[[dict], TokenUsage]]
+
     def error_type(self, status: int) -> str:
-        raise NotImplementedError
+        default = self._server_error if status >= 500 else "invalid_request_error"
+        return self._types.get(status, default)
 
     def error(self, status: int, message: str, error_type: str = "") -> HttpResponse:
         body = self.error_body(status, message, error_type or self.error_type(status))
         return HttpResponse(json.dumps(body), status=status, content_type="application/json")
 
     def usage_from_body(self, body: Any) -> TokenUsage | None:
-        raise NotImplementedError
+        if isinstance(body, dict) and isinstance(body.get("usage"), dict):
+            return type(self)._parse_usage(body["usage"])
+        return None
 
     def error_class_from_body(self, body: Any) -> str:
         raise NotImplementedError
@@ -236,6 +243,8 @@ def _collect_text(value: Any, out: list[str]) -> None:
 class OpenAI(Provider):
     name = "openai"
     request_id_header = "x-request-id"
+    _server_error = "server_error"
+    _parse_usage = TokenUsage.from_openai
     _types: ClassVar[dict[int, str]] = {
         400: "invalid_request_error",
         401: "authentication_error",
@@ -250,8 +259,6 @@ class OpenAI(Provider):
     def base_url(self) -> str:
         return settings.OPENAI_BASE_URL
 
-    def error_type(self, status: int) -> str:
-        return self._types.get(status, "server_error" if status >= 500 else "invalid_request_error")
 
     def error_body(self, status: int, message: str, error_type: str) -> dict:
         return {
@@ -262,11 +269,6 @@ class OpenAI(Provider):
                 "code": f"tokenpak_{status}",
             }
         }
-
-    def usage_from_body(self, body: Any) -> TokenUsage | None:
-        if isinstance(body, dict) and isinstance(body.get("usage"), dict):
-            return TokenUsage.from_openai(body["usage"])
-        return None
 
     def error_class_from_body(self, body: Any) -> str:
         if isinstance(body, dict) and isinstance(body.get("error"), dict):
@@ -284,6 +286,8 @@ class OpenAI(Provider):
 class Anthropic(Provider):
     name = "anthropic"
     request_id_header = "request-id"
+    _server_error = "api_error"
+    _parse_usage = TokenUsage.from_anthropic
     _types: ClassVar[dict[int, str]] = {
         400: "invalid_request_error",
         401: "authentication_error",
@@ -300,16 +304,9 @@ class Anthropic(Provider):
     def base_url(self) -> str:
         return settings.ANTHROPIC_BASE_URL
 
-    def error_type(self, status: int) -> str:
-        return self._types.get(status, "api_error" if status >= 500 else "invalid_request_error")
 
     def error_body(self, status: int, message: str, error_type: str) -> dict:
         return {"type": "error", "error": {"type": error_type, "message": message}}
-
-    def usage_from_body(self, body: Any) -> TokenUsage | None:
-        if isinstance(body, dict) and isinstance(body.get("usage"), dict):
-            return TokenUsage.from_anthropic(body["usage"])
-        return None
 
     def error_class_from_body(self, body: Any) -> str:
         if isinstance(body, dict) and isinstance(body.get("error"), dict):

@@ -32,3 +32,8 @@ def test_it_lists_price_overrides(admin_client):
     response = admin_client.get("/admin/telemetry/modelprice/")
     assert response.status_code == 200
     assert b"gpt-4o" in response.content
+
+
+@pytest.mark.django_db
+def test_it_brands_the_admin(admin_client):
+    assert b"TokenPak" in admin_client.get("/admin/").content

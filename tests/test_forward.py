@@ -131,3 +131,24 @@ def test_it_refuses_a_body_over_the_limit_with_413(server, fake, rows):
     assert "larger than 32 MB" in response.json()["error"]["message"]
     assert fake.log == []
     assert rows(1)[0].error_class == "http_413"
+
+
+def test_it_records_a_client_that_disconnects_mid_stream(server, fake, rows):
+    body = {"model": "claude-haiku-4-5", "max_tokens": 50, "messages": [], "stream": True}
+    headers = {**ANTHROPIC_HEADERS, "x-fake-scenario": "gate",
+               "x-fake-usage": '{"input_tokens": 77}'}
+    with httpx.stream("POST", server.url + "/v1/messages", json=body, headers=headers) as r:
+        seen = b""
+        for chunk in r.iter_raw():
+            seen += chunk
+            if b"content_block_delta" in seen:
+                break  # leave with the provider still holding the rest
+    try:
+        [event] = rows(1)
+        assert event.status == "client_closed"
+        assert event.usage.input_tokens == 77  # message_start: exact
+        assert event.usage.estimated and event.usage.output_tokens == 1  # "Hello"
+        # TokenPak closed its upstream request too: the provider saw the client go.
+        assert fake.client_gone.wait(5)
+    finally:
+        fake.release.set()
