@@ -100,7 +100,8 @@ async def forward(request: HttpRequest, route: Route) -> HttpResponse:
 
     payload: Any = None
     strip_usage = False
-    if body and _is_json(request):
+    # Chat and messages only take JSON, whatever a hand-written curl says its body is.
+    if body and (route.requires_model or _is_json(request)):
         payload, problem = _parse(body, route.requires_model)
         if problem:
             return _refuse(rec, provider, 400, problem)

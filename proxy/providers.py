@@ -117,6 +117,10 @@ class OpenAITap(StreamTap):
 
 
 class AnthropicTap(StreamTap):
+    def __init__(self, model: str) -> None:
+        super().__init__(model)
+        self.final_output = False  # a message_delta (cumulative output count) has arrived
+
     def event(self, raw: bytes) -> bytes:
         name, data = parse_event(raw)
         if name == "content_block_delta":
@@ -158,8 +162,6 @@ class AnthropicTap(StreamTap):
             }
         self.usage = TokenUsage.from_anthropic(start)
         self.final_output = True
-
-    final_output = False
 
     @property
     def needs_estimate(self) -> bool:

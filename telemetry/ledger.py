@@ -216,7 +216,7 @@ def _log_request(r: Record, event: Event, usage: Usage, cost: Cost) -> None:
         r.upstream_status if r.upstream_status is not None else "-",
         usage.input_tokens,
         usage.output_tokens,
-        cost.cost_usd,
+        format(cost.cost_usd, "f"),
         r.duration_ms,
         " (estimated)" if usage.estimated else "",
     )

@@ -152,3 +152,14 @@ def test_it_records_a_client_that_disconnects_mid_stream(server, fake, rows):
         assert fake.client_gone.wait(5)
     finally:
         fake.release.set()
+
+
+def test_it_reads_a_chat_body_sent_as_a_form_by_a_hand_written_curl(server, fake, rows):
+    response = httpx.post(
+        server.url + "/v1/chat/completions",
+        content=b'{"model": "gpt-4o-mini", "messages": []}',
+        headers={"authorization": "Bearer sk-test-000000",
+                 "content-type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 200
+    assert rows(1)[0].requested_model == "gpt-4o-mini"
