@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 from pathlib import Path
 
@@ -11,11 +12,16 @@ from tokenpak_site import conf, logs
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 try:
-    TOKENPAK_HOME = conf.ensure_home(conf.home())
+    TOKENPAK_HOME = conf.home()
     _cfg = conf.Config(os.environ, conf.load_file(TOKENPAK_HOME / "config.yaml"))
 
     _db_url = _cfg.url("db.url", "", schemes=("postgres", "postgresql"))
     _db_path = _cfg.str("db.path", str(TOKENPAK_HOME / "monitor.db"))
+    # /dev/null means "no disk writes": the proxy forwards, the ledger writer drops rows,
+    # nothing is created under TOKENPAK_HOME, and the log goes to stdout unless told otherwise.
+    TELEMETRY_ENABLED = _db_url != "" or _db_path != os.devnull
+    if TELEMETRY_ENABLED:
+        conf.ensure_home(TOKENPAK_HOME)
     TOKENPAK_PORT = _cfg.int("server.port", 8766, 1, 65535)
     OPENAI_BASE_URL = _cfg.url("providers.openai.base_url", "https://api.openai.com")
     ANTHROPIC_BASE_URL = _cfg.url("providers.anthropic.base_url", "https://api.anthropic.com")
@@ -25,20 +31,22 @@ try:
     UPSTREAM_READ_TIMEOUT = _cfg.float("providers.read_timeout", 600.0, 0.1, 3600.0)
     STORE_PROMPTS = _cfg.bool("telemetry.store_prompts", False)
     LOG_ENABLED = _cfg.bool("log.enabled", True)
-    LOG_DESTINATION = _cfg.choice("log.destination", "file", ("file", "stdout", "syslog"))
+    LOG_DESTINATION = _cfg.choice(
+        "log.destination", "file" if TELEMETRY_ENABLED else "stdout", ("file", "stdout", "syslog")
+    )
     TOKENPAK_DEBUG = _cfg.bool("debug", False)
     LOG_LEVEL = _cfg.choice(
         "log.level", "DEBUG" if TOKENPAK_DEBUG else "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")
     )
     # How long the ledger writer gathers rows into one transaction.
     LEDGER_FLUSH_SECONDS = _cfg.float("telemetry.flush_seconds", 0.05, 0.0, 60.0)
-    SECRET_KEY = conf.secret_key(TOKENPAK_HOME)
+    # Without a database there are no sessions to keep across restarts.
+    SECRET_KEY = conf.secret_key(TOKENPAK_HOME) if TELEMETRY_ENABLED else secrets.token_urlsafe(50)
+    if LOG_ENABLED and LOG_DESTINATION == "file":
+        conf.ensure_home(TOKENPAK_HOME)
 except (conf.ConfigError, OSError) as e:
     sys.stderr.write(f"tokenpak: configuration error: {e}\n")
     raise SystemExit(2) from None
-
-# /dev/null means "no disk writes": the proxy forwards, the ledger writer drops rows.
-TELEMETRY_ENABLED = _db_url != "" or _db_path != os.devnull
 
 if _db_url:
     _default_db = conf.database_from_url(_db_url)
