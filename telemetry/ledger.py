@@ -14,13 +14,23 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection, transaction
 
 from telemetry import pricing
-from telemetry.models import Cost, Event, PricingSource, Segment, Status, Usage, UsageSource
+from telemetry.models import (
+    NANO,
+    Cost,
+    Event,
+    PricingSource,
+    Segment,
+    Status,
+    Usage,
+    UsageSource,
+)
 from telemetry.usage import TokenUsage
 
 log = logging.getLogger("tokenpak.requests")
@@ -164,6 +174,7 @@ def _rows(r: Record) -> tuple[Event, Usage, Cost, list[Segment]]:
         request_id=r.request_id[:128],
         event_type=r.event_type,
         ts=r.ts,
+        created_at=datetime.fromtimestamp(r.ts, tz=UTC),
         provider=r.provider,
         model=model[:128],
         agent_id=r.agent_id[:128],
@@ -178,6 +189,9 @@ def _rows(r: Record) -> tuple[Event, Usage, Cost, list[Segment]]:
         upstream_status=r.upstream_status,
         ttfb_ms=None if r.ttfb_ms is None else round(r.ttfb_ms, 3),
         usage_source=source,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cost_nano_usd=int(cost_usd * NANO),
         request_body=r.request_body,
         response_body=r.response_body,
     )

@@ -36,11 +36,17 @@ class PricingSource(models.TextChoices):
     NONE = "none"  # no tokens, nothing to price
 
 
+TOTALS = ["cost_nano_usd", "input_tokens", "output_tokens", "tokens_saved", "saved_nano_usd"]
+NANO = Decimal("1e9")
+
+
 class Event(models.Model):
     trace_id = models.CharField(max_length=32, primary_key=True)
     request_id = models.CharField(max_length=128, blank=True, default="")
     event_type = models.CharField(max_length=32)
-    ts = models.FloatField(db_index=True)
+    ts = models.FloatField()
+    # ts as a datetime, for the admin's date hierarchy and people's SQL.
+    created_at = models.DateTimeField(null=True, blank=True, db_index=True)
     provider = models.CharField(max_length=16)
     model = models.CharField(max_length=128, blank=True, default="")
     agent_id = models.CharField(max_length=128, blank=True, default="")
@@ -58,22 +64,31 @@ class Event(models.Model):
     usage_source = models.CharField(
         max_length=16, choices=UsageSource.choices, default=UsageSource.NONE
     )
+    # Copies of the figures in tp_usage / tp_costs, written in the same transaction and never
+    # updated, so reports over a million rows are one index range scan instead of two joins.
+    # Money as whole billionths of a dollar: SQL sums of integers are exact on every database.
+    input_tokens = models.IntegerField(default=0)
+    output_tokens = models.IntegerField(default=0)
+    tokens_saved = models.IntegerField(default=0)
+    cost_nano_usd = models.BigIntegerField(default=0)
+    saved_nano_usd = models.BigIntegerField(default=0)
     # Bodies only with telemetry.store_prompts on; credentials never.
     request_body = models.TextField(null=True, blank=True)
     response_body = models.TextField(null=True, blank=True)
 
     class Meta:
         db_table = "tp_events"
+        # Covering indexes: a period's totals (by model, by agent) never touch the table.
         indexes = [
-            models.Index(fields=["model", "ts"], name="tp_events_model_ts"),
-            models.Index(fields=["agent_id", "ts"], name="tp_events_agent_ts"),
+            models.Index(fields=["ts", *TOTALS], name="tp_events_ts"),
+            models.Index(fields=["model", "ts", *TOTALS], name="tp_events_model_ts"),
+            models.Index(fields=["agent_id", "ts", *TOTALS], name="tp_events_agent_ts"),
             models.Index(fields=["provider", "ts"], name="tp_events_provider_ts"),
             models.Index(fields=["status", "ts"], name="tp_events_status_ts"),
         ]
 
     def __str__(self) -> str:
         return f"{self.trace_id} {self.provider} {self.model} {self.status}"
-
 
 class Usage(models.Model):
     trace = models.OneToOneField(

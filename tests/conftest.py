@@ -99,3 +99,48 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket.socket, "connect", guard)
     monkeypatch.setattr(socket, "create_connection", guard)
     monkeypatch.setattr(socket, "getaddrinfo", guard)
+
+
+# A known mix of real proxy traffic for report tests: (provider, model, agent, stream, usage).
+TRAFFIC = [
+    ("openai", "gpt-4o-mini", "coder", False, {"prompt_tokens": 1000, "completion_tokens": 200}),
+    ("openai", "gpt-4o-mini", "coder", True, {"prompt_tokens": 3000, "completion_tokens": 500,
+                                              "prompt_tokens_details": {"cached_tokens": 2000}}),
+    ("openai", "gpt-4o", "reviewer", False, {"prompt_tokens": 500, "completion_tokens": 100}),
+    ("anthropic", "claude-sonnet-4-6", "coder", True,
+     {"input_tokens": 100, "cache_read_input_tokens": 9000, "output_tokens": 800}),
+    ("anthropic", "claude-haiku-4-5", "", False, {"input_tokens": 2000, "output_tokens": 50}),
+    ("anthropic", "mystery-model-x", "reviewer", False, {"input_tokens": 1000,
+                                                         "output_tokens": 1000}),
+]
+
+
+def send(url: str, provider: str, model: str, agent: str = "", stream: bool = False,
+         usage: dict | None = None, scenario: str = "") -> int:
+    import json
+
+    import httpx
+
+    headers = {"x-fake-usage": json.dumps(usage or {})}
+    if agent:
+        headers["x-tokenpak-agent"] = agent
+    if scenario:
+        headers["x-fake-scenario"] = scenario
+    if provider == "openai":
+        headers["authorization"] = "Bearer sk-test-traffic-0000"
+        r = httpx.post(url + "/v1/chat/completions", headers=headers,
+                       json={"model": model, "messages": [], "stream": stream})
+    else:
+        headers |= {"x-api-key": "sk-ant-test-traffic-0000", "anthropic-version": "2023-06-01"}
+        r = httpx.post(url + "/v1/messages", headers=headers,
+                       json={"model": model, "max_tokens": 10, "messages": [], "stream": stream})
+    return r.status_code
+
+
+@pytest.fixture
+def traffic(server, rows) -> list:
+    """TRAFFIC plus one provider error, sent through the live proxy; returns the events."""
+    for provider, model, agent, stream, usage in TRAFFIC:
+        send(server.url, provider, model, agent, stream, usage)
+    send(server.url, "openai", "gpt-4o", "coder", scenario="status=429")
+    return rows(len(TRAFFIC) + 1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import zoneinfo
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,25 +26,49 @@ class Key:
     env: str
     path: str  # dotted key inside config.yaml
     help: str
+    kind: str = "str"  # str | int | float | bool | choice | url | dburl
+    default: Any = ""
+    lo: float = 0
+    hi: float = 0
+    choices: tuple[str, ...] = ()
 
 
-# The single list of settings: the README table and `config get/set` read from here.
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+# The single list of settings: settings.py, the README table and `config get/set` read it.
 KEYS: dict[str, Key] = {
     k.path: k
     for k in [
-        Key("TOKENPAK_DB", "db.path", "SQLite file; /dev/null turns telemetry off"),
-        Key("DATABASE_URL", "db.url", "postgres://user@host:port/name (overrides db.path)"),
-        Key("TOKENPAK_PORT", "server.port", "port for runserver / make run"),
-        Key("TOKENPAK_OPENAI_BASE_URL", "providers.openai.base_url", "OpenAI upstream"),
-        Key("TOKENPAK_ANTHROPIC_BASE_URL", "providers.anthropic.base_url", "Anthropic upstream"),
-        Key("TOKENPAK_CONNECT_TIMEOUT", "providers.connect_timeout", "seconds to connect upstream"),
-        Key("TOKENPAK_READ_TIMEOUT", "providers.read_timeout", "seconds between upstream bytes"),
-        Key("TOKENPAK_STORE_PROMPTS", "telemetry.store_prompts", "store request/response bodies"),
-        Key("TOKENPAK_FLUSH_SECONDS", "telemetry.flush_seconds", "ledger batch window"),
-        Key("TOKENPAK_LOG_ENABLED", "log.enabled", "write the request log"),
-        Key("TOKENPAK_LOG_DESTINATION", "log.destination", "file | stdout | syslog"),
-        Key("TOKENPAK_LOG_LEVEL", "log.level", "DEBUG | INFO | WARNING | ERROR"),
-        Key("TOKENPAK_DEBUG", "debug", "verbose logging (headers redacted)"),
+        Key("TOKENPAK_DB", "db.path", "SQLite file; /dev/null turns telemetry off",
+            default="$TOKENPAK_HOME/monitor.db"),
+        Key("DATABASE_URL", "db.url", "postgres://user@host:port/name (overrides db.path)",
+            kind="dburl"),
+        Key("TOKENPAK_PORT", "server.port", "port for runserver / make run",
+            kind="int", default=8766, lo=1, hi=65535),
+        Key("TOKENPAK_OPENAI_BASE_URL", "providers.openai.base_url", "OpenAI upstream",
+            kind="url", default="https://api.openai.com"),
+        Key("TOKENPAK_ANTHROPIC_BASE_URL", "providers.anthropic.base_url", "Anthropic upstream",
+            kind="url", default="https://api.anthropic.com"),
+        Key("TOKENPAK_CONNECT_TIMEOUT", "providers.connect_timeout", "seconds to connect upstream",
+            kind="float", default=10.0, lo=0.1, hi=600.0),
+        # Reasoning models can think for minutes before the first byte.
+        Key("TOKENPAK_READ_TIMEOUT", "providers.read_timeout", "seconds between upstream bytes",
+            kind="float", default=600.0, lo=0.1, hi=3600.0),
+        Key("TOKENPAK_STORE_PROMPTS", "telemetry.store_prompts", "store request/response bodies",
+            kind="bool", default=False),
+        Key("TOKENPAK_FLUSH_SECONDS", "telemetry.flush_seconds", "ledger batch window",
+            kind="float", default=0.05, lo=0.0, hi=60.0),
+        Key("TOKENPAK_RETENTION_DAYS", "telemetry.retention_days",
+            "days of ledger kept; 0 keeps everything", kind="int", default=90, lo=0, hi=36500),
+        Key("TOKENPAK_TIME_ZONE", "time_zone", "zone for today/week/month (IANA name)",
+            kind="zone", default="UTC"),
+        Key("TOKENPAK_LOG_ENABLED", "log.enabled", "write the log", kind="bool", default=True),
+        Key("TOKENPAK_LOG_DESTINATION", "log.destination", "file | stdout | syslog",
+            kind="choice", default="file", choices=("file", "stdout", "syslog")),
+        Key("TOKENPAK_LOG_LEVEL", "log.level", "DEBUG | INFO | WARNING | ERROR",
+            kind="choice", default="INFO", choices=_LEVELS),
+        Key("TOKENPAK_DEBUG", "debug", "verbose logging (headers redacted)",
+            kind="bool", default=False),
     ]
 }
 
@@ -119,6 +144,39 @@ class Config:
         if path in self.file_values and self.file_values[path] is not None:
             return self.file_values[path], f"config.yaml key {path}"
         return None
+
+    def get(self, path: str, default: Any = None) -> Any:
+        """The setting typed as KEYS declares it; `default` replaces a computed default."""
+        key = KEYS[path]
+        value = key.default if default is None else default
+        if key.kind == "int":
+            return self.int(path, value, int(key.lo), int(key.hi))
+        if key.kind == "float":
+            return self.float(path, value, key.lo, key.hi)
+        if key.kind == "bool":
+            return self.bool(path, value)
+        if key.kind == "choice":
+            return self.choice(path, value, key.choices)
+        if key.kind == "url":
+            return self.url(path, value)
+        if key.kind == "dburl":
+            return self.url(path, value, schemes=("postgres", "postgresql"))
+        if key.kind == "zone":
+            return self.zone(path, value)
+        return self.str(path, value)
+
+    def zone(self, path: str, default: str) -> str:
+        raw = self._raw(path)
+        if raw is None:
+            return default
+        value, source = raw
+        try:
+            zoneinfo.ZoneInfo(str(value))
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(
+                f"{source}: unknown time zone {value!r} (use an IANA name like Europe/Paris)"
+            ) from None
+        return str(value)
 
     def str(self, path: str, default: str) -> str:
         raw = self._raw(path)

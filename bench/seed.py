@@ -1,0 +1,100 @@
+"""Fill a ledger with N synthetic rows, fast, for the 1M-row benchmarks.
+
+    TOKENPAK_HOME=/tmp/tp-bench python bench/seed.py 1000000
+
+Rows span the last 120 days over a handful of models, agents and statuses, with usage and cost
+rows as the proxy writes them. Inserts go through executemany in large transactions.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tokenpak_site.settings")
+
+import django
+
+django.setup()
+
+from django.core.management import call_command  # noqa: E402
+from django.db import connection, transaction  # noqa: E402
+
+from telemetry.models import NANO  # noqa: E402
+
+MODELS = [("openai", "gpt-4o-mini"), ("openai", "gpt-4o"), ("openai", "gpt-5.1"),
+          ("anthropic", "claude-sonnet-4-6"), ("anthropic", "claude-haiku-4-5"),
+          ("anthropic", "claude-opus-4-7")]
+AGENTS = ["", "coder", "reviewer", "planner", "ci"]
+STATUSES = ["ok"] * 95 + ["error"] * 3 + ["stream_cut", "client_closed"]
+
+
+def seed(n: int, days: int = 120, chunk: int = 20_000) -> None:
+    call_command("migrate", verbosity=0)
+    rng = random.Random(42)
+    now = time.time()
+    started = time.monotonic()
+    qn = connection.ops.quote_name
+    ev_cols = ["trace_id", "request_id", "event_type", "ts", "created_at", "provider", "model",
+               "agent_id", "duration_ms", "status", "error_class", "session_id", "endpoint",
+               "requested_model", "sent_model", "stream", "upstream_status", "ttfb_ms",
+               "usage_source", "input_tokens", "output_tokens", "tokens_saved", "cost_nano_usd",
+               "saved_nano_usd"]
+    us_cols = ["trace_id", "input_tokens", "output_tokens", "tokens_saved", "savings_pct",
+               "cache_hit", "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens",
+               "reasoning_tokens", "estimated"]
+    co_cols = ["trace_id", "cost_usd", "cost_saved_usd", "pricing_source", "priced_as"]
+
+    def insert(table: str, cols: list[str], rows: list[tuple]) -> None:
+        marks = ", ".join(["%s"] * len(cols))
+        sql = f"INSERT INTO {qn(table)} ({', '.join(map(qn, cols))}) VALUES ({marks})"
+        with connection.cursor() as cursor:
+            cursor.executemany(sql, rows)
+
+    done = 0
+    while done < n:
+        size = min(chunk, n - done)
+        events, usage, costs = [], [], []
+        for _ in range(size):
+            trace = uuid.UUID(int=rng.getrandbits(128)).hex
+            ts = now - rng.random() * days * 86400
+            provider, model = rng.choice(MODELS)
+            status = rng.choice(STATUSES)
+            stream = rng.random() < 0.6
+            inp, out = rng.randint(200, 20000), rng.randint(10, 2000)
+            saved = rng.randint(0, inp // 3) if rng.random() < 0.3 else 0
+            cached = rng.randint(0, inp // 2) if rng.random() < 0.4 else 0
+            cost = inp * 3000 + out * 15000  # nano-USD at $3 / $15 per MTok
+            saved_cost = saved * 3000
+            events.append((trace, f"req_{trace[:12]}", "chat.completions" if provider == "openai"
+                           else "messages", ts, datetime.fromtimestamp(ts, tz=UTC), provider,
+                           model, rng.choice(AGENTS), rng.uniform(200, 9000), status,
+                           "" if status == "ok" else "rate_limit_error", "", "/v1/x", model,
+                           model, stream, 200 if status == "ok" else 429,
+                           rng.uniform(50, 800), "provider", inp, out, saved, cost, saved_cost))
+            usage.append((trace, inp, out, saved, 100.0 * saved / (inp + saved) if saved else 0.0,
+                          cached > 0, cached, 0, 0, 0, False))
+            costs.append((trace, str(Decimal(cost) / NANO), str(Decimal(saved_cost) / NANO),
+                          "catalog", model))
+        with transaction.atomic():
+            insert("tp_events", ev_cols, events)
+            insert("tp_usage", us_cols, usage)
+            insert("tp_costs", co_cols, costs)
+        done += size
+        rate = done / (time.monotonic() - started)
+        print(f"\rseeded {done:,}/{n:,} rows ({rate:,.0f} rows/s)", end="", file=sys.stderr)
+    print(file=sys.stderr)
+    if connection.vendor == "sqlite":
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE")
+
+
+if __name__ == "__main__":
+    seed(int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000)

@@ -1,0 +1,281 @@
+"""The one place that computes ledger figures. Commands, admin, exports and the dashboard
+format what these functions return, so their numbers agree to the cent.
+
+Everything here is SQL aggregation on tp_* tables: no network, no Python loops over rows.
+"""
+
+from __future__ import annotations
+
+import re
+import zoneinfo
+from dataclasses import asdict, dataclass
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db.models import BigIntegerField, Count, Func, Max, Min, QuerySet, Sum
+from django.db.models.functions import Coalesce
+
+from telemetry.models import NANO, Event, PricingSource
+
+ZERO = Decimal("0")
+PERIODS = ("today", "week", "month")
+
+
+class ReportError(ValueError):
+    """Bad report input (a date, a duration, conflicting flags); the message is one line."""
+
+
+def zone() -> zoneinfo.ZoneInfo:
+    return zoneinfo.ZoneInfo(settings.TIME_ZONE)
+
+
+@dataclass(frozen=True)
+class Filters:
+    since: datetime | None = None
+    until: datetime | None = None  # exclusive
+    model: str = ""
+    agent: str = ""
+    provider: str = ""
+    status: str = ""
+    min_cost: Decimal | None = None
+    compressed_only: bool = False
+    default_priced_only: bool = False
+
+    def describe(self) -> str:
+        parts = []
+        if self.model:
+            parts.append(f"model {self.model}")
+        if self.agent:
+            parts.append(f"agent {self.agent}")
+        if self.provider:
+            parts.append(f"provider {self.provider}")
+        if self.status:
+            parts.append(f"status {self.status}")
+        if self.min_cost is not None:
+            parts.append(f"cost ≥ {money(self.min_cost)}")
+        if self.compressed_only:
+            parts.append("compressed only")
+        return ", ".join(parts)
+
+
+def events(f: Filters | None = None) -> QuerySet[Event]:
+    f = f or Filters()
+    qs = Event.objects.all()
+    if f.since is not None:
+        qs = qs.filter(ts__gte=f.since.timestamp())
+    if f.until is not None:
+        qs = qs.filter(ts__lt=f.until.timestamp())
+    if f.model:
+        qs = qs.filter(model=f.model)
+    if f.agent:
+        qs = qs.filter(agent_id=f.agent)
+    if f.provider:
+        qs = qs.filter(provider=f.provider)
+    if f.status:
+        qs = qs.filter(status=f.status)
+    if f.min_cost is not None:
+        qs = qs.filter(cost_nano_usd__gte=int(f.min_cost * NANO))
+    if f.compressed_only:
+        qs = qs.filter(tokens_saved__gt=0)
+    if f.default_priced_only:
+        qs = qs.filter(cost__pricing_source=PricingSource.DEFAULT)
+    return qs
+
+
+@dataclass
+class Totals:
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    tokens_saved: int = 0
+    cost_usd: Decimal = ZERO
+    cost_saved_usd: Decimal = ZERO
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    @property
+    def savings_pct(self) -> float:
+        """Share of the input the client sent that TokenPak did not have to send."""
+        before = self.input_tokens + self.tokens_saved
+        return 100.0 * self.tokens_saved / before if before else 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["tokens"] = self.tokens
+        data["savings_pct"] = round(self.savings_pct, 2)
+        data["cost_usd"] = str(self.cost_usd)
+        data["cost_saved_usd"] = str(self.cost_saved_usd)
+        return data
+
+
+def _sums() -> dict[str, Any]:
+    # Integer columns on tp_events (see Event): no joins, exact sums on SQLite and PostgreSQL.
+    return {
+        "requests": Count("trace_id"),
+        "input_tokens": Coalesce(Sum("input_tokens"), 0),
+        "output_tokens": Coalesce(Sum("output_tokens"), 0),
+        "tokens_saved": Coalesce(Sum("tokens_saved"), 0),
+        "cost_nano_usd": Coalesce(Sum("cost_nano_usd"), 0),
+        "saved_nano_usd": Coalesce(Sum("saved_nano_usd"), 0),
+    }
+
+
+def _totals(row: dict[str, Any]) -> Totals:
+    return Totals(
+        requests=row["requests"],
+        input_tokens=row["input_tokens"],
+        output_tokens=row["output_tokens"],
+        tokens_saved=row["tokens_saved"],
+        cost_usd=usd(row["cost_nano_usd"]),
+        cost_saved_usd=usd(row["saved_nano_usd"]),
+    )
+
+
+def usd(nano: int) -> Decimal:
+    return (Decimal(nano) / NANO).quantize(Decimal("0.000000001"))
+
+
+def totals(qs: QuerySet[Event]) -> Totals:
+    return _totals(qs.aggregate(**_sums()))
+
+
+BREAKDOWNS = {"model": "model", "agent": "agent_id", "provider": "provider", "day": "day"}
+_QUARTER_HOUR = 900  # every time zone's offset is a whole number of quarter hours
+
+
+class _QuarterHour(Func):
+    """ts → its quarter-hour bucket, in SQL, from the covering index alone."""
+
+    output_field = BigIntegerField()
+
+    def as_sql(self, compiler, connection, **extra):  # type: ignore[no-untyped-def]
+        sql, params = compiler.compile(self.source_expressions[0])
+        if connection.vendor == "sqlite":  # integer division truncates; ts is never negative
+            return f"(CAST({sql} AS INTEGER) / {_QUARTER_HOUR})", params
+        return f"FLOOR({sql} / {_QUARTER_HOUR})", params
+
+
+def breakdown(qs: QuerySet[Event], by: str) -> list[tuple[str, Totals]]:
+    """Totals per model, agent, provider or day; biggest spend first, days in order."""
+    if by == "day":
+        return _by_day(qs)
+    key = BREAKDOWNS[by]
+    rows = qs.order_by().values(key).annotate(**_sums())
+    result = [(str(r[key]) if r[key] not in (None, "") else "(none)", _totals(r)) for r in rows]
+    return sorted(result, key=lambda kv: (-kv[1].cost_usd, kv[0]))
+
+
+def _by_day(qs: QuerySet[Event]) -> list[tuple[str, Totals]]:
+    # Group by quarter hour in SQL (no per-row date functions), then fold the buckets into
+    # local calendar days here: exact in every zone, DST included.
+    rows = qs.order_by().annotate(q=_QuarterHour("ts")).values("q").annotate(**_sums())
+    tz = zone()
+    days: dict[str, dict[str, int]] = {}
+    for r in rows:
+        day = datetime.fromtimestamp(int(r["q"]) * _QUARTER_HOUR, tz=tz).date().isoformat()
+        acc = days.setdefault(day, dict.fromkeys(_sums(), 0))
+        for k in acc:
+            acc[k] += r[k]
+    return sorted((day, _totals(acc)) for day, acc in days.items())
+
+
+def span(qs: QuerySet[Event]) -> tuple[float | None, float | None]:
+    row = qs.aggregate(first=Min("ts"), last=Max("ts"))
+    return row["first"], row["last"]
+
+
+# --- periods, dates, durations -------------------------------------------------------------
+
+
+def period(name: str, now: datetime | None = None) -> tuple[datetime, datetime]:
+    """[start, end) of today, this week (Monday first) or this month, in the configured zone."""
+    now = (now or datetime.now(tz=zone())).astimezone(zone())
+    day = now.date()
+    if name == "today":
+        start = day
+        end = day + timedelta(days=1)
+    elif name == "week":
+        start = day - timedelta(days=day.weekday())
+        end = start + timedelta(days=7)
+    elif name == "month":
+        start = day.replace(day=1)
+        end = (start + timedelta(days=32)).replace(day=1)
+    else:
+        raise ReportError(f"unknown period {name!r}")
+    return _midnight(start), _midnight(end)
+
+
+def _midnight(d: date) -> datetime:
+    return datetime.combine(d, time.min, tzinfo=zone())
+
+
+def parse_date(text: str, *, end: bool = False) -> datetime:
+    """YYYY-MM-DD (a whole day in the configured zone; as an end, the day is included) or an
+    ISO date-time."""
+    text = text.strip()
+    try:
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            d = date.fromisoformat(text)
+            return _midnight(d + timedelta(days=1) if end else d)
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ReportError(
+            f"bad date {text!r}: use YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS]"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=zone())
+
+
+_DURATION = re.compile(r"(\d+)([dwm])")
+
+
+def parse_age(text: str, now: datetime | None = None) -> datetime:
+    """'30d', '12w', '3m' → the moment that long ago (months are calendar months)."""
+    m = _DURATION.fullmatch(text.strip().lower())
+    if not m or int(m.group(1)) == 0:
+        raise ReportError(
+            f"bad duration {text!r}: use a whole number and d, w or m, like 30d, 12w or 3m"
+        )
+    n, unit = int(m.group(1)), m.group(2)
+    now = (now or datetime.now(tz=zone())).astimezone(zone())
+    if unit == "d":
+        return now - timedelta(days=n)
+    if unit == "w":
+        return now - timedelta(weeks=n)
+    month = now.month - 1 - n
+    year = now.year + month // 12
+    month = month % 12 + 1
+    last_day = (date(year + (month == 12), month % 12 + 1, 1) - timedelta(days=1)).day
+    return now.replace(year=year, month=month, day=min(now.day, last_day))
+
+
+# --- formatting shared by every text output --------------------------------------------------
+
+
+def money(value: Decimal) -> str:
+    if value == 0:
+        return "$0.00"
+    if abs(value) >= 1:
+        return f"${value:,.2f}"
+    text = f"${value:.3f}"
+    return text if text not in ("$0.000", "$-0.000") else f"${value:.6f}"
+
+
+def count(n: int) -> str:
+    return f"{n:,}"
+
+
+def pct(value: float) -> str:
+    return f"{value:.0f}%" if value >= 10 or value == 0 else f"{value:.1f}%"
+
+
+def line(label: str, t: Totals) -> str:
+    """The seed's one-line summary: `Today: $0.042 | 23 requests | 18,341 tokens | saved 37%`."""
+    return (
+        f"{label}: {money(t.cost_usd)} | {count(t.requests)} requests | "
+        f"{count(t.tokens)} tokens | saved {pct(t.savings_pct)}"
+    )
+
