@@ -2,8 +2,9 @@
 
     TOKENPAK_HOME=/tmp/tp-bench python bench/seed.py 1000000
 
-Rows span the last 120 days over a handful of models, agents and statuses, with usage and cost
-rows as the proxy writes them. Inserts go through executemany in large transactions.
+Rows span the last 120 days in time order (as the ledger writer appends them) over a handful of
+models, agents and statuses, with usage and cost rows as the proxy writes them. Inserts go
+through executemany in large transactions.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import os
 import random
 import sys
 import time
-import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -27,6 +27,7 @@ django.setup()
 from django.core.management import call_command  # noqa: E402
 from django.db import connection, transaction  # noqa: E402
 
+from telemetry.ledger import new_trace_id  # noqa: E402
 from telemetry.models import NANO  # noqa: E402
 
 MODELS = [("openai", "gpt-4o-mini"), ("openai", "gpt-4o"), ("openai", "gpt-5.1"),
@@ -58,13 +59,15 @@ def seed(n: int, days: int = 120, chunk: int = 20_000) -> None:
         with connection.cursor() as cursor:
             cursor.executemany(sql, rows)
 
+    start, step = now - days * 86400, days * 86400 / n
     done = 0
     while done < n:
         size = min(chunk, n - done)
         events, usage, costs = [], [], []
         for _ in range(size):
-            trace = uuid.UUID(int=rng.getrandbits(128)).hex
-            ts = now - rng.random() * days * 86400
+            # In time order, as the ledger writer appends them, with a little jitter.
+            ts = start + (done + len(events) + rng.random()) * step
+            trace = new_trace_id(ts)
             provider, model = rng.choice(MODELS)
             status = rng.choice(STATUSES)
             stream = rng.random() < 0.6
@@ -75,10 +78,10 @@ def seed(n: int, days: int = 120, chunk: int = 20_000) -> None:
             saved_cost = saved * 3000
             events.append((trace, f"req_{trace[:12]}", "chat.completions" if provider == "openai"
                            else "messages", ts, datetime.fromtimestamp(ts, tz=UTC), provider,
-                           model, rng.choice(AGENTS), rng.uniform(200, 9000), status,
+                           model, rng.choice(AGENTS), round(rng.uniform(200, 9000), 3), status,
                            "" if status == "ok" else "rate_limit_error", "", "/v1/x", model,
                            model, stream, 200 if status == "ok" else 429,
-                           rng.uniform(50, 800), "provider", inp, out, saved, cost, saved_cost))
+                           round(rng.uniform(50, 800), 3), "provider", inp, out, saved, cost, saved_cost))
             usage.append((trace, inp, out, saved, 100.0 * saved / (inp + saved) if saved else 0.0,
                           cached > 0, cached, 0, 0, 0, False))
             costs.append((trace, str(Decimal(cost) / NANO), str(Decimal(saved_cost) / NANO),

@@ -10,7 +10,6 @@ import asyncio
 import json
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +22,7 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from proxy import upstream
 from proxy.providers import OPENAI, Provider, StreamTap
 from proxy.sse import EventSplitter
-from telemetry.ledger import Record, record
+from telemetry.ledger import Record, new_trace_id, record
 from telemetry.models import Status
 from tokenpak_site.logs import redact_headers
 
@@ -84,7 +83,7 @@ class Route:
 async def forward(request: HttpRequest, route: Route) -> HttpResponse:
     provider = route.provider
     rec = Record(
-        trace_id=uuid.uuid4().hex,
+        trace_id=new_trace_id(),
         provider=provider.name,
         event_type=route.event_type,
         endpoint=request.path,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import logging
 import queue
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +36,16 @@ from telemetry.usage import TokenUsage
 
 log = logging.getLogger("tokenpak.requests")
 writer_log = logging.getLogger("tokenpak.ledger")
+
+
+def new_trace_id(now: float | None = None) -> str:
+    """32 hex digits, time-ordered like UUIDv7: 48 bits of milliseconds, then 80 random bits.
+
+    Rows are appended in time order, so their primary-key indexes grow at the end and joins
+    over a period read neighbouring pages instead of a random sample of the whole index.
+    """
+    ms = int((time.time() if now is None else now) * 1000)
+    return f"{ms:012x}{secrets.randbits(80):020x}"
 
 
 @dataclass

@@ -83,8 +83,8 @@ class Event(models.Model):
             models.Index(fields=["ts", *TOTALS], name="tp_events_ts"),
             models.Index(fields=["model", "ts", *TOTALS], name="tp_events_model_ts"),
             models.Index(fields=["agent_id", "ts", *TOTALS], name="tp_events_agent_ts"),
-            models.Index(fields=["provider", "ts"], name="tp_events_provider_ts"),
-            models.Index(fields=["status", "ts"], name="tp_events_status_ts"),
+            models.Index(fields=["provider", "ts", *TOTALS], name="tp_events_provider_ts"),
+            models.Index(fields=["status", "ts", *TOTALS], name="tp_events_status_ts"),
         ]
 
     def __str__(self) -> str:

@@ -143,7 +143,9 @@ def totals(qs: QuerySet[Event]) -> Totals:
     return _totals(qs.aggregate(**_sums()))
 
 
-BREAKDOWNS = {"model": "model", "agent": "agent_id", "provider": "provider", "day": "day"}
+BREAKDOWNS = {
+    "model": "model", "agent": "agent_id", "provider": "provider", "status": "status", "day": "day"
+}
 _QUARTER_HOUR = 900  # every time zone's offset is a whole number of quarter hours
 
 
@@ -272,10 +274,35 @@ def pct(value: float) -> str:
     return f"{value:.0f}%" if value >= 10 or value == 0 else f"{value:.1f}%"
 
 
-def line(label: str, t: Totals) -> str:
-    """The seed's one-line summary: `Today: $0.042 | 23 requests | 18,341 tokens | saved 37%`."""
+def summary(t: Totals) -> str:
     return (
-        f"{label}: {money(t.cost_usd)} | {count(t.requests)} requests | "
+        f"{money(t.cost_usd)} | {count(t.requests)} requests | "
         f"{count(t.tokens)} tokens | saved {pct(t.savings_pct)}"
     )
 
+
+def line(label: str, t: Totals) -> str:
+    """The seed's one-line summary: `Today: $0.042 | 23 requests | 18,341 tokens | saved 37%`."""
+    return f"{label}: {summary(t)}"
+
+
+def ledger_size() -> int:
+    """Bytes the ledger takes on disk (SQLite file + WAL, or the PostgreSQL database)."""
+    from django.db import connection
+
+    if connection.vendor == "sqlite":
+        from pathlib import Path
+
+        db = Path(str(connection.settings_dict["NAME"]))
+        return sum(p.stat().st_size for p in (db, db.with_name(db.name + "-wal")) if p.exists())
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_database_size(current_database())")
+        return int(cursor.fetchone()[0])
+
+
+def size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} B"

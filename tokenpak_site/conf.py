@@ -281,3 +281,49 @@ def secret_key(home_dir: Path) -> str:
     with os.fdopen(fd, "w") as f:
         f.write(key)
     return key
+
+
+def set_in_file(path: Path, key: str, text: str) -> Any:
+    """Validate `text` as setting `key`, then write it into config.yaml (comments are lost).
+
+    The value is read as YAML (so `true` and `8766` are a bool and a number) and checked with
+    the same typed helper settings.py uses; nothing is written when it is refused.
+    """
+    if key not in KEYS:
+        raise ConfigError(f"unknown setting {key!r}; known: {', '.join(sorted(KEYS))}")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    if isinstance(value, (dict, list)):
+        raise ConfigError(f"{key}: expected a single value, got {text!r}")
+    checked = Config({}, {key: value}).get(key)
+    if any(word in str(value).lower() for word in ("sk-", "bearer ")):
+        raise ConfigError(f"{key}: that looks like a credential; config.yaml never holds keys")
+    data: dict[str, Any] = {}
+    if path.exists():
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+        data = loaded
+    by_env = {k.env: k.path for k in KEYS.values()}
+    for env_name in [k for k in data if k in by_env and by_env[k] == key]:
+        del data[env_name]  # one spelling per setting
+    data.pop(key, None)
+    node = data
+    *parents, leaf = key.split(".")
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[leaf] = value
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
+    tmp.replace(path)
+    return checked
+
+
+def source_of(config: Config, key: str) -> str:
+    raw = config._raw(key)
+    return "default" if raw is None else raw[1]

@@ -1,0 +1,45 @@
+import json
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser
+
+from telemetry import exporting, reports
+from telemetry.commandline import add_filters, filters, raw
+
+
+class Command(BaseCommand):
+    help = "What requests cost: a period's totals, optionally by model, agent or day."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        add_filters(parser)
+        by = parser.add_mutually_exclusive_group()
+        by.add_argument("--by-model", dest="by", action="store_const", const="model")
+        by.add_argument("--by-agent", dest="by", action="store_const", const="agent")
+        by.add_argument("--by-day", dest="by", action="store_const", const="day")
+        out = parser.add_mutually_exclusive_group()
+        out.add_argument("--json", action="store_true", help="machine-readable output")
+        out.add_argument("--export", choices=exporting.FORMATS,
+                         help="the matching requests themselves, to stdout")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        label, f = filters(options, default_period="today")
+        qs = reports.events(f)
+        if options["export"]:
+            exporting.write(qs, options["export"], raw(self.stdout))
+            return
+        total = reports.totals(qs)
+        rows = reports.breakdown(qs, options["by"]) if options["by"] else []
+        if options["json"]:
+            data = {"period": label, "since": f.since and f.since.isoformat(),
+                    "until": f.until and f.until.isoformat(), "filters": f.describe(),
+                    "totals": total.as_json()}
+            if options["by"]:
+                data["by"] = options["by"]
+                data["rows"] = [{"key": key, **t.as_json()} for key, t in rows]
+            self.stdout.write(json.dumps(data, indent=2))
+            return
+        suffix = f" ({f.describe()})" if f.describe() else ""
+        self.stdout.write(reports.line(label, total) + suffix)
+        width = max((len(key) for key, _ in rows), default=0)
+        for key, t in rows:
+            self.stdout.write(f"  {key:<{width}}  {reports.summary(t)}")

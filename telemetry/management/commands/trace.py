@@ -1,0 +1,108 @@
+import json
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from telemetry import reports
+from telemetry.models import Cost, Event, Usage
+
+
+class Command(BaseCommand):
+    help = "One request in full: model, timing, status, tokens, what was saved, what it cost."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        which = parser.add_mutually_exclusive_group(required=True)
+        which.add_argument("--last", action="store_true", help="the newest request")
+        which.add_argument("--id", metavar="TRACE_ID", help="X-TokenPak-Trace-Id of a response")
+        parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        qs = Event.objects.select_related("usage", "cost").prefetch_related("segments")
+        if options["last"]:
+            event = qs.order_by("-ts").first()
+            if event is None:
+                raise CommandError("the ledger is empty: no request has gone through TokenPak yet")
+        else:
+            event = qs.filter(trace_id=options["id"].strip()).first()
+            if event is None:
+                raise CommandError(f"no request with trace id {options['id']!r} in the ledger")
+        data = trace(event)
+        if options["json"]:
+            self.stdout.write(json.dumps(data, indent=2))
+            return
+        for label, value in layout(data):
+            self.stdout.write(f"{label + ':':<12}{value}")
+
+
+def trace(event: Event) -> dict[str, Any]:
+    usage = getattr(event, "usage", None) or Usage()
+    cost = getattr(event, "cost", None) or Cost()
+    raw = event.input_tokens + event.tokens_saved
+    return {
+        "trace_id": event.trace_id,
+        "request_id": event.request_id,
+        "time": datetime.fromtimestamp(event.ts, tz=UTC).astimezone(reports.zone()).isoformat(
+            timespec="seconds"),
+        "provider": event.provider,
+        "endpoint": event.endpoint,
+        "model": event.model,
+        "requested_model": event.requested_model,
+        "agent_id": event.agent_id,
+        "session_id": event.session_id,
+        "status": event.status,
+        "error_class": event.error_class,
+        "upstream_status": event.upstream_status,
+        "stream": event.stream,
+        "duration_ms": event.duration_ms,
+        "ttfb_ms": event.ttfb_ms,
+        "stages": [s.segment_type for s in event.segments.all()],
+        "tokens_raw": raw,
+        "tokens_compressed": event.input_tokens,
+        "tokens_saved": event.tokens_saved,
+        "savings_pct": round(100.0 * event.tokens_saved / raw, 2) if raw else 0.0,
+        "output_tokens": event.output_tokens,
+        "cache_read_tokens": usage.cache_read_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+        "reasoning_tokens": usage.reasoning_tokens,
+        "usage_source": event.usage_source,
+        "cost_usd": str(reports.usd(event.cost_nano_usd)),
+        "cost_saved_usd": str(reports.usd(event.saved_nano_usd)),
+        "pricing_source": cost.pricing_source,
+        "priced_as": cost.priced_as,
+    }
+
+
+def layout(d: dict[str, Any]) -> list[tuple[str, str]]:
+    """The seed's trace layout, one labelled line each."""
+    requested = (f" (requested {d['requested_model']})"
+                 if d["requested_model"] and d["requested_model"] != d["model"] else "")
+    status = d["status"] + (f" [{d['error_class']}]" if d["error_class"] else "")
+    http = f"HTTP {d['upstream_status']}" if d["upstream_status"] else "not forwarded"
+    ttfb = f", first byte {d['ttfb_ms']:.1f} ms" if d["ttfb_ms"] is not None else ""
+    estimated = " (estimated)" if d["usage_source"] == "estimated" else ""
+    priced = {"catalog": f"catalog price of {d['priced_as']}",
+              "override": f"your price for {d['priced_as']}",
+              "default": "default price $3/$15 per MTok (unknown model)",
+              "none": "nothing to price"}.get(d["pricing_source"], d["pricing_source"])
+    who = ", ".join(x for x in (d["agent_id"] and f"agent {d['agent_id']}",
+                                d["session_id"] and f"session {d['session_id']}") if x)
+    lines = [
+        ("Trace", d["trace_id"] + (f" (provider request {d['request_id']})"
+                                   if d["request_id"] else "")),
+        ("Model", f"{d['model'] or '-'}{requested} via {d['provider']} {d['endpoint']}"),
+        ("Time", d["time"]),
+        ("Status", f"{status} ({http}{', stream' if d['stream'] else ''})"),
+        ("Duration", f"{d['duration_ms']:.1f} ms{ttfb}"),
+        ("Pipeline", " → ".join(["forward", *d["stages"], "ledger"])),
+        ("Tokens", f"raw {d['tokens_raw']:,} → compressed {d['tokens_compressed']:,}, "
+                   f"saved {d['tokens_saved']:,} ({d['savings_pct']:.1f}%) | "
+                   f"output {d['output_tokens']:,}{estimated}"),
+        ("Cache", f"read {d['cache_read_tokens']:,} | write {d['cache_write_tokens']:,}"),
+        ("Cost", f"{reports.money(Decimal(d['cost_usd']))}{estimated} | saved "
+                 f"{reports.money(Decimal(d['cost_saved_usd']))} | {priced}"),
+    ]
+    if who:
+        lines.insert(3, ("Who", who))
+    return lines

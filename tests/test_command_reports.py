@@ -1,0 +1,142 @@
+"""savings, status, trace and export on rows made by real proxy traffic; the zero-token
+principle (no socket but the database's) and agreement of every report to the cent."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import socket
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import connection
+
+from telemetry import reports
+from telemetry.models import Event, Usage
+
+
+def run(name: str, *args: str) -> str:
+    out = io.StringIO()
+    call_command(name, *args, stdout=out)
+    return out.getvalue()
+
+
+def give_savings(events, saved: int = 500) -> None:
+    """Compression is issue 5; until it runs, mark savings on real rows the way it will."""
+    for e in events:
+        Event.objects.filter(pk=e.pk).update(tokens_saved=saved, saved_nano_usd=saved * 3000)
+        Usage.objects.filter(pk=e.pk).update(tokens_saved=saved)
+
+
+def test_it_reports_savings_for_the_month_and_lifetime(traffic):
+    give_savings(traffic[:2])
+    line = run("savings")
+    inputs = sum(e.input_tokens for e in traffic)
+    pct = reports.pct(100.0 * 1000 / (inputs + 1000))
+    assert line == (f"This month: saved 1,000 tokens ({pct} of input) | $0.003 saved | "
+                    f"2 of 7 requests compressed\n")
+    data = json.loads(run("savings", "--lifetime", "--json"))
+    assert (data["period"], data["tokens_saved"], data["cost_saved_usd"]) == (
+        "Lifetime", 1000, "0.003000000")
+    assert data["compressed_requests"] == 2
+
+
+def test_it_shows_status_with_database_size_and_retention(traffic, settings):
+    text = run("status")
+    assert "Telemetry:  on" in text
+    assert "Requests:   7 (today 7)" in text
+    assert f"Retention:  {settings.RETENTION_DAYS} days" in text
+    assert reports.size(reports.ledger_size()).split()[1] in text
+    full = json.loads(run("status", "--full", "--json"))
+    assert full["lifetime"]["requests"] == 7
+    assert {r["key"] for r in full["by_provider"]} == {"openai", "anthropic"}
+    assert {r["key"]: r["requests"] for r in full["by_status"]} == {"ok": 6, "error": 1}
+    assert "By status:" in run("status", "--full")
+
+
+def test_it_says_telemetry_is_off_when_it_is(db, settings):
+    settings.TELEMETRY_ENABLED = False
+    assert run("status").startswith("Telemetry:  off")
+    assert json.loads(run("status", "--json"))["telemetry"] is False
+
+
+def test_it_traces_the_last_request_and_one_by_id(traffic):
+    last = max(traffic, key=lambda e: e.ts)
+    text = run("trace", "--last")
+    assert text.startswith(f"Trace:      {last.trace_id}")
+    first = traffic[1]  # gpt-4o-mini, stream, cached
+    data = json.loads(run("trace", "--id", first.trace_id, "--json"))
+    assert (data["model"], data["stream"], data["cache_read_tokens"]) == ("gpt-4o-mini", True,
+                                                                          2000)
+    assert Decimal(data["cost_usd"]) == first.cost.cost_usd
+    text = run("trace", "--id", first.trace_id)
+    for label in ("Model:", "Time:", "Status:", "Duration:", "Pipeline:", "Tokens:", "Cost:"):
+        assert label in text
+    assert "raw 3,000 → compressed 3,000" in text
+    assert "catalog price of gpt-4o-mini" in text
+
+
+def test_it_refuses_an_unknown_trace_and_an_empty_ledger(db):
+    with pytest.raises(CommandError, match="the ledger is empty"):
+        run("trace", "--last")
+    with pytest.raises(CommandError, match="no request with trace id 'nope'"):
+        run("trace", "--id", "nope")
+
+
+def test_it_exports_csv_and_json_files_with_filters(traffic, tmp_path):
+    out = tmp_path / "all.csv"
+    assert run("export", "--format", "csv", "--out", str(out)) == (
+        f"export: 7 requests (all time) to {out}\n")
+    rows = list(csv.DictReader(out.open()))
+    assert [r["trace_id"] for r in rows] == [e.trace_id for e in sorted(traffic,
+                                                                         key=lambda e: e.ts)]
+    assert sum(Decimal(r["cost_usd"]) for r in rows) == reports.totals(reports.events()).cost_usd
+    cached = next(r for r in rows if r["cache_read_tokens"] == "2000")
+    assert (cached["model"], cached["stream"], cached["pricing_source"]) == (
+        "gpt-4o-mini", "true", "catalog")
+
+    out = tmp_path / "coder.json"
+    run("export", "--format", "json", "--out", str(out), "--agent", "coder", "--today")
+    items = json.loads(out.read_text())
+    assert len(items) == 4 and all(i["agent_id"] == "coder" for i in items)
+    assert all(isinstance(i["stream"], bool) for i in items)
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_it_refuses_an_export_to_a_missing_folder(db, tmp_path):
+    with pytest.raises(CommandError, match="does not exist"):
+        run("export", "--format", "csv", "--out", str(tmp_path / "nowhere" / "x.csv"))
+
+
+def test_every_report_agrees_to_the_cent_and_opens_no_socket(traffic, tmp_path, monkeypatch):
+    """The zero-token principle: reports read the ledger and nothing else."""
+    db = connection.settings_dict
+    allowed = {(db.get("HOST") or "", int(db.get("PORT") or 5432))}
+
+    def guard(self: socket.socket, address: object) -> None:
+        if address not in allowed:
+            raise AssertionError(f"network access attempted: {address}")
+        return real_connect(self, address)
+
+    real_connect = socket.socket.connect
+    monkeypatch.setattr(socket.socket, "connect", guard)
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: (_ for _ in ()).throw(
+        AssertionError("DNS lookup attempted")))
+
+    exact = sum((e.cost.cost_usd for e in traffic), Decimal("0"))
+    cost = Decimal(json.loads(run("cost", "--month", "--json"))["totals"]["cost_usd"])
+    status = Decimal(json.loads(run("status", "--json"))["lifetime"]["cost_usd"])
+    savings = json.loads(run("savings", "--json"))
+    out = tmp_path / "x.csv"
+    run("export", "--format", "csv", "--out", str(out))
+    exported = sum(Decimal(r["cost_usd"]) for r in csv.DictReader(out.open()))
+    run("trace", "--last")
+    run("cost", "--by-day")
+    run("status", "--full")
+    assert cost == status == exported == exact
+    assert savings["requests"] == 7
+    assert Path(out).exists()
