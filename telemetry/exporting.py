@@ -1,140 +1,136 @@
 """Ledger rows out as CSV or JSON, streamed in chunks: memory stays flat for a million rows.
 
-Shared by `export`, `cost --export` and (later) the dashboard's downloads.
+Shared by `export`, `cost --export` and (later) the dashboard's downloads. The database
+formats each row (a CSV line, or a JSON object with json_object / json_build_object), so a
+million rows go from the cursor to the file without a Python operation per value: at that
+size the ORM's converters and the csv module cost more than the query does.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 from collections.abc import Iterator
 from typing import IO, Any
 
 from django.db import connections
-from django.db.models import Case, CharField, F, Func, QuerySet, Value, When
+from django.db.models import CharField, F, Func, QuerySet
 
 from telemetry.models import Event
 
 CHUNK = 5000
-
-class _IsoTime(Func):
-    """ts (unix seconds) → '2026-11-23T06:49:51.123Z', formatted by the database."""
-
-    output_field = CharField()
-
-    def as_sqlite(self, compiler, connection, **extra):  # type: ignore[no-untyped-def]
-        sql, params = compiler.compile(self.source_expressions[0])
-        return f"strftime('%%Y-%%m-%%dT%%H:%%M:%%fZ', {sql}, 'unixepoch')", params
-
-    def as_postgresql(self, compiler, connection, **extra):  # type: ignore[no-untyped-def]
-        sql, params = compiler.compile(self.source_expressions[0])
-        fmt = 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'
-        return f"to_char(to_timestamp({sql}) AT TIME ZONE 'UTC', '{fmt}')", params
-
-
-class _Usd(Func):
-    """Whole billionths of a dollar → '0.000285000': exact, formatted by the database."""
-
-    output_field = CharField()
-
-    def as_sqlite(self, compiler, connection, **extra):  # type: ignore[no-untyped-def]
-        sql, params = compiler.compile(self.source_expressions[0])
-        return f"printf('%%d.%%09d', ({sql}) / 1000000000, ({sql}) %% 1000000000)", params * 2
-
-    def as_postgresql(self, compiler, connection, **extra):  # type: ignore[no-untyped-def]
-        sql, params = compiler.compile(self.source_expressions[0])
-        return (
-            f"(({sql}) / 1000000000)::text || '.' || lpad((({sql}) %% 1000000000)::text, 9, '0')",
-            params * 2,
-        )
-
-
-def _flag(path: str) -> Case:
-    # SQLite says 1/0, PostgreSQL true/false: the export says true/false everywhere.
-    return Case(
-        When(**{path: True}, then=Value("true")),
-        When(**{path: False}, then=Value("false")),
-        default=None,
-        output_field=CharField(),
-    )
-
-
-# (column name, ORM path or expression): usage and cost details joined in. Every value is
-# formatted in SQL, so rows go from the cursor to the writer untouched.
-COLUMNS: list[tuple[str, Any]] = [
-    ("trace_id", "trace_id"),
-    ("time", _IsoTime("ts")),
-    ("provider", "provider"),
-    ("event_type", "event_type"),
-    ("model", "model"),
-    ("requested_model", "requested_model"),
-    ("agent_id", "agent_id"),
-    ("session_id", "session_id"),
-    ("status", "status"),
-    ("error_class", "error_class"),
-    ("upstream_status", "upstream_status"),
-    ("stream", _flag("stream")),
-    ("duration_ms", "duration_ms"),
-    ("ttfb_ms", "ttfb_ms"),
-    ("input_tokens", "input_tokens"),
-    ("output_tokens", "output_tokens"),
-    ("cache_read_tokens", "usage__cache_read_tokens"),
-    ("cache_write_tokens", "usage__cache_write_tokens"),
-    ("reasoning_tokens", "usage__reasoning_tokens"),
-    ("tokens_saved", "tokens_saved"),
-    ("estimated", _flag("usage__estimated")),
-    ("cost_usd", _Usd("cost_nano_usd")),
-    ("cost_saved_usd", _Usd("saved_nano_usd")),
-    ("pricing_source", "cost__pricing_source"),
-    ("request_id", "request_id"),
-]
 FORMATS = ("csv", "json")
-NAMES = [name for name, _ in COLUMNS]
+
+# (column, ORM path, kind). Usage and cost details are joined in. Kinds: text (quoted in CSV),
+# num, time (ts → ISO 8601 UTC), usd (billionths → exact decimal string), flag (true/false).
+COLUMNS: list[tuple[str, str, str]] = [
+    ("trace_id", "trace_id", "text"),
+    ("time", "ts", "time"),
+    ("provider", "provider", "text"),
+    ("event_type", "event_type", "text"),
+    ("model", "model", "text"),
+    ("requested_model", "requested_model", "text"),
+    ("agent_id", "agent_id", "text"),
+    ("session_id", "session_id", "text"),
+    ("status", "status", "text"),
+    ("error_class", "error_class", "text"),
+    ("upstream_status", "upstream_status", "num"),
+    ("stream", "stream", "flag"),
+    ("duration_ms", "duration_ms", "num"),
+    ("ttfb_ms", "ttfb_ms", "num"),
+    ("input_tokens", "input_tokens", "num"),
+    ("output_tokens", "output_tokens", "num"),
+    ("cache_read_tokens", "usage__cache_read_tokens", "num"),
+    ("cache_write_tokens", "usage__cache_write_tokens", "num"),
+    ("reasoning_tokens", "usage__reasoning_tokens", "num"),
+    ("tokens_saved", "tokens_saved", "num"),
+    ("estimated", "usage__estimated", "flag"),
+    ("cost_usd", "cost_nano_usd", "usd"),
+    ("cost_saved_usd", "saved_nano_usd", "usd"),
+    ("pricing_source", "cost__pricing_source", "text"),
+    ("request_id", "request_id", "text"),
+]
+NAMES = [name for name, _, _ in COLUMNS]
 
 
-def rows(qs: QuerySet[Event]) -> Iterator[tuple[Any, ...]]:
-    """Rows in COLUMNS order, oldest first, straight off the cursor.
+def _value(kind: str, sql: str, vendor: str) -> str:
+    """SQL for one value, formatted the same way on SQLite and PostgreSQL."""
+    pg = vendor == "postgresql"
+    if kind == "time":
+        if pg:
+            iso = 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'
+            return f"to_char(to_timestamp({sql}) AT TIME ZONE 'UTC', '{iso}')"
+        return f"strftime('%%Y-%%m-%%dT%%H:%%M:%%fZ', {sql}, 'unixepoch')"
+    if kind == "usd":  # costs are never negative
+        if pg:
+            return (f"(({sql}) / 1000000000)::text || '.' || "
+                    f"lpad((({sql}) %% 1000000000)::text, 9, '0')")
+        return f"printf('%%d.%%09d', ({sql}) / 1000000000, ({sql}) %% 1000000000)"
+    return sql
 
-    The query is Django's (filters, joins); the ORM's per-value converters are skipped because
-    at a million rows they cost more than the database does.
-    """
-    exprs = {f"c{i}": col if not isinstance(col, str) else F(col) for i, (_, col) in
-             enumerate(COLUMNS)}
-    query = qs.order_by("ts").annotate(**exprs).values_list(*exprs).query
+
+class _Row(Func):
+    """One whole output row, built by the database."""
+
+    output_field = CharField()
+
+    def __init__(self, fmt: str) -> None:
+        super().__init__(*[F(path) for _, path, _ in COLUMNS])
+        self.fmt = fmt
+
+    def as_sql(self, compiler, connection, **extra):  # type: ignore[no-untyped-def]
+        vendor = connection.vendor
+        parts: list[str] = []
+        params: list[Any] = []
+        for (name, _, kind), expr in zip(COLUMNS, self.source_expressions, strict=True):
+            sql, p = compiler.compile(expr)
+            uses = 2 if kind == "usd" else 1
+            params += list(p) * uses
+            value = _value(kind, sql, vendor)
+            if self.fmt == "json":
+                if kind == "flag" and vendor == "sqlite":  # SQLite booleans are 0/1
+                    value = f"json(CASE WHEN {sql} THEN 'true' WHEN NOT {sql} THEN 'false' END)"
+                    params += list(p)
+                parts.append(f"'{name}', {value}")
+            elif kind == "text":
+                parts.append(f"""COALESCE('"' || replace({value}, '"', '""') || '"', '')""")
+            elif kind == "flag":
+                parts.append(f"CASE WHEN {sql} THEN 'true' WHEN NOT {sql} THEN 'false' ELSE '' END")
+                params += list(p)
+            elif kind == "num":
+                cast = f"({value})::text" if vendor == "postgresql" else f"CAST({value} AS TEXT)"
+                parts.append(f"COALESCE({cast}, '')")
+            else:
+                parts.append(value)
+        if self.fmt == "json":
+            function = "json_build_object" if vendor == "postgresql" else "json_object"
+            cast = "::text" if vendor == "postgresql" else ""
+            return f"{function}({', '.join(parts)}){cast}", params
+        return " || ',' || ".join(parts), params
+
+
+def rows(qs: QuerySet[Event], fmt: str) -> Iterator[str]:
+    """Formatted rows, oldest first, straight off the cursor in chunks."""
+    query = qs.order_by("ts").annotate(row=_Row(fmt)).values_list("row").query
     sql, params = query.sql_with_params()
     with connections[qs.db].cursor() as cursor:
         cursor.execute(sql, params)
         while chunk := cursor.fetchmany(CHUNK):
-            yield from chunk
+            for (row,) in chunk:
+                yield row
 
 
 def write(qs: QuerySet[Event], fmt: str, out: IO[str]) -> int:
-    """Write every row of qs to out; returns how many."""
-    counted = _Counter(rows(qs))
+    """Write every row of qs to out as CSV (header first) or one JSON array; returns the count."""
+    n = 0
     if fmt == "csv":
-        writer = csv.writer(out)
-        writer.writerow(NAMES)
-        writer.writerows(counted)
-        return counted.n
-    # JSON: one array, written element by element so it never sits in memory whole.
-    encode = json.JSONEncoder().encode
-    flags = [NAMES.index("stream"), NAMES.index("estimated")]
+        out.write(",".join(NAMES) + "\n")
+        for row in rows(qs, "csv"):
+            out.write(row + "\n")
+            n += 1
+        return n
     out.write("[")
-    for row in counted:
-        out.write(",\n" if counted.n > 1 else "\n")
-        item = dict(zip(NAMES, row, strict=True))
-        for i in flags:  # JSON has real booleans
-            item[NAMES[i]] = {"true": True, "false": False}.get(row[i])
-        out.write(encode(item))
-    out.write("\n]\n" if counted.n else "]\n")
-    return counted.n
-
-
-class _Counter:
-    def __init__(self, it: Iterator[tuple[Any, ...]]) -> None:
-        self.it, self.n = it, 0
-
-    def __iter__(self) -> Iterator[tuple[Any, ...]]:
-        for row in self.it:
-            self.n += 1
-            yield row
+    for row in rows(qs, "json"):
+        out.write(",\n" if n else "\n")
+        out.write(row)
+        n += 1
+    out.write("\n]\n" if n else "]\n")
+    return n
