@@ -81,7 +81,8 @@ def seed(n: int, days: int = 120, chunk: int = 20_000) -> None:
                            model, rng.choice(AGENTS), round(rng.uniform(200, 9000), 3), status,
                            "" if status == "ok" else "rate_limit_error", "", "/v1/x", model,
                            model, stream, 200 if status == "ok" else 429,
-                           round(rng.uniform(50, 800), 3), "provider", inp, out, saved, cost, saved_cost))
+                           round(rng.uniform(50, 800), 3), "provider", inp, out, saved, cost,
+                           saved_cost))
             usage.append((trace, inp, out, saved, 100.0 * saved / (inp + saved) if saved else 0.0,
                           cached > 0, cached, 0, 0, 0, False))
             costs.append((trace, str(Decimal(cost) / NANO), str(Decimal(saved_cost) / NANO),

@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db.models import BigIntegerField, Count, Func, Max, Min, QuerySet, Sum
+from django.db.models import BigIntegerField, Count, Func, QuerySet, Sum
 from django.db.models.functions import Coalesce
 
 from telemetry.models import NANO, Event, PricingSource
@@ -115,7 +115,8 @@ class Totals:
 def _sums() -> dict[str, Any]:
     # Integer columns on tp_events (see Event): no joins, exact sums on SQLite and PostgreSQL.
     return {
-        "requests": Count("trace_id"),
+        # COUNT(*) is answered from the covering index; COUNT(trace_id) reads the table.
+        "requests": Count("*"),
         "input_tokens": Coalesce(Sum("input_tokens"), 0),
         "output_tokens": Coalesce(Sum("output_tokens"), 0),
         "tokens_saved": Coalesce(Sum("tokens_saved"), 0),
@@ -186,8 +187,9 @@ def _by_day(qs: QuerySet[Event]) -> list[tuple[str, Totals]]:
 
 
 def span(qs: QuerySet[Event]) -> tuple[float | None, float | None]:
-    row = qs.aggregate(first=Min("ts"), last=Max("ts"))
-    return row["first"], row["last"]
+    # Two index lookups: MIN and MAX in one query make SQLite scan the whole index.
+    ts = qs.order_by("ts").values_list("ts", flat=True)
+    return ts.first(), ts.last()
 
 
 # --- periods, dates, durations -------------------------------------------------------------
