@@ -76,6 +76,31 @@ class _Row(Func):
         super().__init__(*[F(path) for _, path, _ in COLUMNS])
         self.fmt = fmt
 
+    def as_sqlite(self, compiler, connection, **extra):  # type: ignore[no-untyped-def]
+        if self.fmt == "json":
+            return self.as_sql(compiler, connection, **extra)
+        # One printf per row: half the time of concatenating 25 formatted pieces.
+        spec = {"text": '"%%w"', "num": "%%s", "flag": "%%s", "time": "%%s", "usd": "%%d.%%09d"}
+        fmt: list[str] = []
+        args: list[str] = []
+        params: list[Any] = []
+        for (_, _, kind), expr in zip(COLUMNS, self.source_expressions, strict=True):
+            sql, p = compiler.compile(expr)
+            fmt.append(spec[kind])
+            if kind == "usd":
+                args += [f"({sql}) / 1000000000", f"({sql}) %% 1000000000"]
+                params += list(p) * 2
+            elif kind == "text":
+                args.append(f"COALESCE({sql}, '')")
+                params += list(p)
+            elif kind == "flag":
+                args.append(f"CASE WHEN {sql} THEN 'true' WHEN NOT {sql} THEN 'false' END")
+                params += list(p) * 2
+            else:
+                args.append(_value(kind, sql, "sqlite"))
+                params += list(p)
+        return f"printf('{','.join(fmt)}', {', '.join(args)})", params
+
     def as_sql(self, compiler, connection, **extra):  # type: ignore[no-untyped-def]
         vendor = connection.vendor
         parts: list[str] = []

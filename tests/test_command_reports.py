@@ -140,3 +140,19 @@ def test_every_report_agrees_to_the_cent_and_opens_no_socket(traffic, tmp_path, 
     assert cost == status == exported == exact
     assert savings["requests"] == 7
     assert Path(out).exists()
+
+
+def test_it_quotes_awkward_values_in_csv_and_json(server, rows, tmp_path):
+    from tests.conftest import send
+
+    awkward = 'team "a", night shift'
+    send(server.url, "openai", "gpt-4o-mini", agent=awkward)
+    rows(1)
+    out = tmp_path / "x.csv"
+    run("export", "--format", "csv", "--out", str(out))
+    [row] = list(csv.DictReader(out.open()))
+    assert row["agent_id"] == awkward
+    assert row["stream"] == "false" and row["upstream_status"] == "200"
+    run("export", "--format", "json", "--out", str(tmp_path / "x.json"))
+    [item] = json.loads((tmp_path / "x.json").read_text())
+    assert item["agent_id"] == awkward and item["upstream_status"] == 200
