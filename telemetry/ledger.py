@@ -21,7 +21,7 @@ from decimal import Decimal
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection, transaction
 
-from telemetry import pricing
+from telemetry import pricing, retention
 from telemetry.models import (
     NANO,
     Cost,
@@ -101,6 +101,7 @@ class LedgerWriter:
                     target=self._run, name="tokenpak-ledger", daemon=True
                 )
                 self._thread.start()
+                retention.start()  # once per process; only serving processes submit records
         self._queue.put(record)
 
     def flush(self, timeout: float = 10.0) -> bool:
