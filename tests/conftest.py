@@ -28,6 +28,8 @@ def _server_env(fake: FakeProvider, **extra: str) -> dict[str, str]:
     return {
         "TOKENPAK_OPENAI_BASE_URL": fake.url,
         "TOKENPAK_ANTHROPIC_BASE_URL": fake.url,
+        # Tests age rows on purpose; only the retention tests turn the daily prune on.
+        "TOKENPAK_RETENTION_DAYS": "0",
         **database_env(),
         **extra,
     }
