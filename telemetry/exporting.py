@@ -8,9 +8,10 @@ size the ORM's converters and the csv module cost more than the query does.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import IO, Any
 
+from asgiref.sync import sync_to_async
 from django.db import connections
 from django.db.models import CharField, F, Func, QuerySet
 
@@ -28,6 +29,8 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("event_type", "event_type", "text"),
     ("model", "model", "text"),
     ("requested_model", "requested_model", "text"),
+    ("sent_model", "sent_model", "text"),
+    ("endpoint", "endpoint", "text"),
     ("agent_id", "agent_id", "text"),
     ("session_id", "session_id", "text"),
     ("status", "status", "text"),
@@ -40,12 +43,15 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("output_tokens", "output_tokens", "num"),
     ("cache_read_tokens", "usage__cache_read_tokens", "num"),
     ("cache_write_tokens", "usage__cache_write_tokens", "num"),
+    ("cache_write_1h_tokens", "usage__cache_write_1h_tokens", "num"),
     ("reasoning_tokens", "usage__reasoning_tokens", "num"),
     ("tokens_saved", "tokens_saved", "num"),
     ("estimated", "usage__estimated", "flag"),
+    ("usage_source", "usage_source", "text"),
     ("cost_usd", "cost_nano_usd", "usd"),
     ("cost_saved_usd", "saved_nano_usd", "usd"),
     ("pricing_source", "cost__pricing_source", "text"),
+    ("priced_as", "cost__priced_as", "text"),
     ("request_id", "request_id", "text"),
 ]
 NAMES = [name for name, _, _ in COLUMNS]
@@ -143,19 +149,47 @@ def rows(qs: QuerySet[Event], fmt: str) -> Iterator[str]:
                 yield row
 
 
+def _pieces(lines: Iterator[str], fmt: str, batch: int) -> Iterator[str]:
+    """Rows framed as a CSV file (header first) or one JSON array, in pieces of ~batch chars."""
+    pieces = [",".join(NAMES) + "\n" if fmt == "csv" else "["]
+    size, first = 0, True
+    for line in lines:
+        if fmt == "csv":
+            pieces.append(line + "\n")
+        else:
+            pieces.append(("\n" if first else ",\n") + line)
+        first = False
+        size += len(line)
+        if size >= batch:
+            yield "".join(pieces)
+            pieces, size = [], 0
+    if fmt == "json":
+        pieces.append("]\n" if first else "\n]\n")
+    yield "".join(pieces)
+
+
+def stream(qs: QuerySet[Event], fmt: str, batch: int = 64 * 1024) -> Iterator[str]:
+    return _pieces(rows(qs, fmt), fmt, batch)
+
+
+async def astream(qs: QuerySet[Event], fmt: str) -> AsyncIterator[str]:
+    """stream() for an ASGI response: each database chunk is read in Django's sync thread, so
+    a download of any size is sent as it is read, never held whole."""
+    pieces = stream(qs, fmt)
+    while (piece := await sync_to_async(next)(pieces, None)) is not None:
+        yield piece
+
+
 def write(qs: QuerySet[Event], fmt: str, out: IO[str]) -> int:
-    """Write every row of qs to out as CSV (header first) or one JSON array; returns the count."""
+    """Write every row of qs to out; returns how many."""
     n = 0
-    if fmt == "csv":
-        out.write(",".join(NAMES) + "\n")
-        for row in rows(qs, "csv"):
-            out.write(row + "\n")
+
+    def counted() -> Iterator[str]:
+        nonlocal n
+        for row in rows(qs, fmt):
             n += 1
-        return n
-    out.write("[")
-    for row in rows(qs, "json"):
-        out.write(",\n" if n else "\n")
-        out.write(row)
-        n += 1
-    out.write("\n]\n" if n else "]\n")
+            yield row
+
+    for piece in _pieces(counted(), fmt, 64 * 1024):
+        out.write(piece)
     return n

@@ -12,6 +12,7 @@ from decimal import Decimal
 
 import openpyxl
 import pytest
+from asgiref.sync import async_to_sync
 from django.urls import NoReverseMatch, reverse
 
 from telemetry import pricing, reports
@@ -284,6 +285,16 @@ def test_it_shows_the_filtered_totals_as_the_cost_command_counts_them(browser, l
     }
 
 
+def body(response) -> bytes:
+    """CSV and JSON downloads stream; XLSX comes whole."""
+    if response.streaming:
+        async def collect() -> bytes:
+            return b"".join([piece async for piece in response.streaming_content])
+
+        return async_to_sync(collect)()
+    return response.content
+
+
 def read_export(fmt: str, content: bytes) -> list[dict]:
     if fmt == "csv":
         return list(csv.DictReader(io.StringIO(content.decode("utf-8-sig"))))
@@ -299,7 +310,8 @@ def test_it_exports_the_filtered_list_with_usage_and_cost(browser, ledger, fmt, 
     response = browser.post(f"{URL}export/?provider=openai&period=month", {"format": index})
     assert response.status_code == 200
     assert response["Content-Disposition"].endswith(f'.{fmt}"')
-    rows = read_export(fmt, response.content)
+    assert response.streaming is (fmt != "xlsx")
+    rows = read_export(fmt, body(response))
     since, until = reports.period("month")
     qs = reports.events(reports.Filters(provider="openai", since=since, until=until))
     expected = {e.trace_id: e for e in ledger if e.trace_id in set(qs.values_list("pk", flat=True))}
@@ -331,4 +343,32 @@ def test_it_exports_but_never_imports(browser, ledger):
     with pytest.raises(NoReverseMatch):
         reverse("admin:telemetry_event_import")
     everything = browser.post(f"{URL}export/", {"format": "0"})
-    assert len(read_export("csv", everything.content)) == len(ledger)
+    assert len(read_export("csv", body(everything))) == len(ledger)
+
+
+def test_it_streams_a_csv_export_through_the_asgi_server(server, traffic, django_user_model):
+    """The download path users take: daphne, a signed-in session, a streamed response."""
+    import re as _re
+
+    import httpx
+
+    django_user_model.objects.create_superuser("auditor", "a@example.com", "pw-for-test")
+    with httpx.Client(base_url=server.url, follow_redirects=False) as c:
+        login = c.get("/admin/login/")
+        token = _re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', login.text).group(1)
+        signed_in = c.post("/admin/login/?next=/admin/", data={
+            "csrfmiddlewaretoken": token, "username": "auditor", "password": "pw-for-test"})
+        assert signed_in.status_code == 302
+        form = c.get(f"{URL}export/?provider=anthropic")
+        token = _re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text).group(1)
+        with c.stream("POST", f"{URL}export/?provider=anthropic",
+                      data={"csrfmiddlewaretoken": token, "format": "0"},
+                      headers={"referer": server.url + URL}) as response:
+            assert response.status_code == 200
+            assert "content-length" not in response.headers  # streamed, not buffered
+            text = response.read().decode()
+    rows = list(csv.DictReader(io.StringIO(text)))
+    expected = [e for e in traffic if e.provider == "anthropic"]
+    assert {r["trace_id"] for r in rows} == {e.trace_id for e in expected}
+    assert sum(Decimal(r["cost_usd"]) for r in rows) == sum(
+        (e.cost.cost_usd for e in expected), Decimal("0"))
