@@ -6,11 +6,21 @@ import argparse
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import CommandError
 
 from telemetry import reports
 
 LABELS = {"today": "Today", "week": "This week", "month": "This month"}
+TELEMETRY_OFF = "Telemetry is off (TOKENPAK_DB=/dev/null): requests are forwarded, none recorded"
+
+
+def telemetry_off(command: Any, as_json: bool = False) -> bool:
+    """Say so and return True when there is no ledger to report on."""
+    if settings.TELEMETRY_ENABLED:
+        return False
+    command.stdout.write('{"telemetry": false}' if as_json else TELEMETRY_OFF)
+    return True
 
 
 def add_filters(parser: argparse.ArgumentParser, *, periods: bool = True) -> None:

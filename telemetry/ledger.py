@@ -90,9 +90,16 @@ class LedgerWriter:
         self._lock = threading.Lock()
         self._pending = 0  # submitted and not yet written (or given up on)
         self._idle = threading.Condition(self._lock)
+        self._said_off = False
 
     def submit(self, record: Record) -> None:
         if not settings.TELEMETRY_ENABLED:
+            if not self._said_off:  # once per process, on the first request
+                self._said_off = True
+                writer_log.warning(
+                    "telemetry is off (TOKENPAK_DB=%s): requests are forwarded, nothing is "
+                    "recorded", settings.TOKENPAK_DB_LABEL,
+                )
             return
         with self._lock:
             self._pending += 1

@@ -156,3 +156,11 @@ def test_it_quotes_awkward_values_in_csv_and_json(server, rows, tmp_path):
     run("export", "--format", "json", "--out", str(tmp_path / "x.json"))
     [item] = json.loads((tmp_path / "x.json").read_text())
     assert item["agent_id"] == awkward and item["upstream_status"] == 200
+
+
+@pytest.mark.parametrize("args", [["cost"], ["cost", "--json"], ["savings"], ["trace", "--last"],
+                                  ["export", "--format", "csv", "--out", "-"]])
+def test_it_says_telemetry_is_off_in_every_report(db, settings, args):
+    settings.TELEMETRY_ENABLED = False
+    text = run(*args)
+    assert "Telemetry is off" in text or text.strip() == '{"telemetry": false}'

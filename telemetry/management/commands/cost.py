@@ -4,7 +4,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 
 from telemetry import exporting, reports
-from telemetry.commandline import add_filters, filters, raw
+from telemetry.commandline import add_filters, filters, raw, telemetry_off
 
 
 class Command(BaseCommand):
@@ -22,6 +22,8 @@ class Command(BaseCommand):
                          help="the matching requests themselves, to stdout")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if telemetry_off(self, options["json"]):
+            return
         label, f = filters(options, default_period="today")
         qs = reports.events(f)
         if options["export"]:

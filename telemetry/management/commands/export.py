@@ -4,7 +4,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from telemetry import exporting, reports
-from telemetry.commandline import add_filters, filters, raw
+from telemetry.commandline import add_filters, filters, raw, telemetry_off
 
 
 class Command(BaseCommand):
@@ -16,6 +16,8 @@ class Command(BaseCommand):
         add_filters(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if telemetry_off(self):
+            return
         label, f = filters(options)
         qs = reports.events(f)
         out = options["out"]

@@ -4,7 +4,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 
 from telemetry import reports
-from telemetry.commandline import LABELS
+from telemetry.commandline import LABELS, telemetry_off
 
 
 class Command(BaseCommand):
@@ -15,6 +15,8 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="machine-readable output")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if telemetry_off(self, options["json"]):
+            return
         if options["lifetime"]:
             label, f = "Lifetime", reports.Filters()
         else:

@@ -6,6 +6,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from telemetry import reports
+from telemetry.commandline import telemetry_off
 from telemetry.models import Cost, Event, Usage
 
 
@@ -19,6 +20,8 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="machine-readable output")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if telemetry_off(self, options["json"]):
+            return
         qs = Event.objects.select_related("usage", "cost").prefetch_related("segments")
         if options["last"]:
             event = qs.order_by("-ts").first()
