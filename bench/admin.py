@@ -16,11 +16,13 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tokenpak_site.settings")
 
 import django
+from asgiref.sync import async_to_sync
 
 django.setup()
 
@@ -37,6 +39,11 @@ URL = "/admin/telemetry/event/"
 WARMUP = 2
 
 
+async def _drain(content: Any) -> None:
+    async for _ in content:
+        pass
+
+
 def timed(request: Callable[[], HttpResponse], runs: int) -> tuple[list[float], HttpResponse]:
     for _ in range(WARMUP):
         request()
@@ -45,8 +52,8 @@ def timed(request: Callable[[], HttpResponse], runs: int) -> tuple[list[float], 
     for _ in range(runs):
         started = time.perf_counter()
         response = request()
-        if hasattr(response, "streaming_content"):
-            b"".join(response.streaming_content)
+        if response.streaming:  # CSV/JSON exports stream from an async iterator
+            async_to_sync(_drain)(response.streaming_content)
         times.append((time.perf_counter() - started) * 1000)
     assert response is not None
     return times, response
