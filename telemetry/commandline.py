@@ -103,3 +103,16 @@ class raw:
     def write(self, text: str) -> int:
         self._wrapper.write(text, ending="")
         return len(text)
+
+
+class Progress:
+    """A chunked job's progress line on stderr; only worth printing past one chunk."""
+
+    def __init__(self, stream: Any, verb: str, chunk: int) -> None:
+        self.stream, self.verb, self.chunk = stream, verb, chunk
+        self.done = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        self.done = done
+        if total > self.chunk:
+            self.stream.write(f"{self.verb} {reports.count(done)} / {reports.count(total)}")

@@ -86,3 +86,13 @@ class LiveServer:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
+
+
+def answers(url: str) -> bool:
+    """True once a server at url answers the proxy's model list."""
+    import httpx
+
+    try:
+        return httpx.get(f"{url}/v1/models").status_code == 200
+    except httpx.TransportError:
+        return False

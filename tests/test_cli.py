@@ -9,10 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
-
 from tests.conftest import wait_for
-from tests.live import ROOT, database_env, free_port
+from tests.live import ROOT, answers, database_env, free_port
 
 TOKENPAK = Path(sys.executable).parent / "tokenpak"
 
@@ -50,13 +48,7 @@ def test_it_serves_like_make_run_on_the_port_and_db_given(tmp_path, fake):
     proc = subprocess.Popen([str(TOKENPAK), "serve", "--port", str(port), "--db", str(db)],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        def answers() -> bool:
-            try:
-                return httpx.get(f"http://127.0.0.1:{port}/v1/models").status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(answers, timeout=40)
+        wait_for(lambda: answers(f"http://127.0.0.1:{port}"), timeout=40)
         wait_for(lambda: sqlite3.connect(db).execute(
             "select count(*) from tp_events").fetchone()[0] == 1)
     finally:

@@ -7,10 +7,8 @@ import signal
 import subprocess
 import sys
 
-import httpx
-
 from tests.conftest import wait_for
-from tests.live import ROOT, database_env, free_port
+from tests.live import ROOT, answers, database_env, free_port
 
 
 def test_it_serves_on_the_configured_port_by_default(transactional_db, fake, rows, tmp_path):
@@ -28,13 +26,7 @@ def test_it_serves_on_the_configured_port_by_default(transactional_db, fake, row
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     try:
-        def answers() -> bool:
-            try:
-                return httpx.get(f"http://127.0.0.1:{port}/v1/models").status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(answers, timeout=30)
+        wait_for(lambda: answers(f"http://127.0.0.1:{port}"), timeout=30)
         [event] = rows(1)
         assert event.event_type == "models"
     finally:

@@ -19,6 +19,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
 from telemetry import reports, retention
+from telemetry.commandline import Progress
 
 _UNITS = {"d": "day", "w": "week", "m": "month"}
 
@@ -61,14 +62,7 @@ class Command(BaseCommand):
             return
         older = f"older than {retention.describe(before)} ({label})"
 
-        done = 0
-
-        def progress(deleted: int, total: int) -> None:
-            nonlocal done
-            done = deleted
-            # Only worth a line when the work takes more than one chunk.
-            if total > options["chunk"]:
-                self.stderr.write(f"pruned {reports.count(deleted)} / {reports.count(total)}")
+        progress = Progress(self.stderr, "pruned", options["chunk"])
 
         try:
             n = retention.prune(
@@ -77,7 +71,7 @@ class Command(BaseCommand):
         except DatabaseError as e:
             # Each chunk is its own transaction: what was deleted before the error stays deleted.
             raise CommandError(
-                f"prune: stopped after deleting {reports.count(done)} requests: "
+                f"prune: stopped after deleting {reports.count(progress.done)} requests: "
                 f"database error: {e}"
             ) from None
 

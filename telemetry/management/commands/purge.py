@@ -16,6 +16,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
 from telemetry import reports, retention
+from telemetry.commandline import Progress
 from telemetry.models import Event
 
 WHAT = "deletes every ledger row (tp_events, tp_usage, tp_costs, tp_segments)"
@@ -56,19 +57,13 @@ class Command(BaseCommand):
             self.stdout.write("purge: cancelled, nothing deleted")
             return
 
-        done = 0
-
-        def progress(deleted: int, total: int) -> None:
-            nonlocal done
-            done = deleted
-            if total > options["chunk"]:
-                self.stderr.write(f"purged {reports.count(deleted)} / {reports.count(total)}")
+        progress = Progress(self.stderr, "purged", options["chunk"])
 
         try:
             n = retention.purge_all(chunk=options["chunk"], progress=progress)
         except DatabaseError as e:
             raise CommandError(
-                f"purge: stopped after deleting {reports.count(done)} requests: "
+                f"purge: stopped after deleting {reports.count(progress.done)} requests: "
                 f"database error: {e} (run it again to finish)"
             ) from None
         self.stdout.write(
