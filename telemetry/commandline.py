@@ -116,3 +116,14 @@ class Progress:
         self.done = done
         if total > self.chunk:
             self.stream.write(f"{self.verb} {reports.count(done)} / {reports.count(total)}")
+
+
+def add_chunk(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--chunk", type=int, default=10_000,
+                        help="requests deleted per transaction (default: %(default)s)")
+
+
+def check_chunk(command: str, options: dict[str, Any]) -> None:
+    # Checked here, not by argparse: call_command passes keyword options through unparsed.
+    if options["chunk"] < 1:
+        raise CommandError(f"{command}: --chunk must be at least 1, got {options['chunk']}")

@@ -50,7 +50,6 @@ def test_it_keeps_keys_out_of_the_ledger_and_debug_logs(start_server, fake, rows
     home = tmp_path / "home"
     server = start_server(home=home, TOKENPAK_DEBUG="1", TOKENPAK_STORE_PROMPTS="1")
     _traffic(server)
-    server_stop_output = ""
     events = rows(5)
     server.stop()
     server_stop_output = server.output()

@@ -19,7 +19,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
 from telemetry import reports, retention
-from telemetry.commandline import Progress
+from telemetry.commandline import Progress, add_chunk, check_chunk
 
 _UNITS = {"d": "day", "w": "week", "m": "month"}
 
@@ -37,16 +37,10 @@ class Command(BaseCommand):
         parser.add_argument(
             "--dry-run", action="store_true", help="count what would be deleted, delete nothing"
         )
-        parser.add_argument(
-            "--chunk",
-            type=int,
-            default=10_000,
-            help="requests deleted per transaction (default: %(default)s)",
-        )
+        add_chunk(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
-        if options["chunk"] < 1:
-            raise CommandError(f"prune: --chunk must be at least 1, got {options['chunk']}")
+        check_chunk("prune", options)
         try:
             cutoff = self._cutoff(options["days"], options["older_than"])
         except OverflowError:

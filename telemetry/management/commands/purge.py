@@ -16,7 +16,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
 from telemetry import reports, retention
-from telemetry.commandline import Progress
+from telemetry.commandline import Progress, add_chunk, check_chunk
 from telemetry.models import Event
 
 WHAT = "deletes every ledger row (tp_events, tp_usage, tp_costs, tp_segments)"
@@ -30,12 +30,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--telemetry", action="store_true", help=WHAT)
         parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-        parser.add_argument(
-            "--chunk",
-            type=int,
-            default=10_000,
-            help="requests deleted per transaction (default: %(default)s)",
-        )
+        add_chunk(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
         if not options["telemetry"]:
@@ -43,8 +38,7 @@ class Command(BaseCommand):
                 f"purge: nothing chosen: purge --telemetry {WHAT}; "
                 "prices, settings and users are kept"
             )
-        if options["chunk"] < 1:
-            raise CommandError(f"purge: --chunk must be at least 1, got {options['chunk']}")
+        check_chunk("purge", options)
         if not settings.TELEMETRY_ENABLED:
             self.stdout.write(f"purge: telemetry is off (TOKENPAK_DB={settings.TOKENPAK_DB_LABEL})"
                               ", there is no ledger to purge")
