@@ -75,6 +75,11 @@ class Record:
     request_body: str | None = None
     response_body: str | None = None
     segments: list[tuple[str, int, int]] = field(default_factory=list)
+    # Compression's figures for this request (issue 5 fills them; the stats footer shows them).
+    tokens_before: int = 0
+    tokens_saved: int = 0
+    # Budget holds were taken for this request: the writer drops them when the row lands.
+    held: bool = False
 
     def finish(self, status: str, *, error_class: str = "") -> None:
         self.status = status

@@ -17,6 +17,7 @@ class Status(models.TextChoices):
     OK = "ok"
     ERROR = "error", "provider error"  # the provider answered with a non-2xx status
     INVALID_REQUEST = "invalid_request"  # refused by TokenPak, nothing forwarded
+    BLOCKED = "blocked"  # a budget with on_exceeded=block refused it; nothing forwarded
     UPSTREAM_UNREACHABLE = "upstream_unreachable"
     UPSTREAM_TIMEOUT = "upstream_timeout"
     STREAM_CUT = "stream_cut"  # the provider ended a stream before it was complete

@@ -28,6 +28,8 @@ try:
     UPSTREAM_CONNECT_TIMEOUT = _cfg.get("providers.connect_timeout")
     UPSTREAM_READ_TIMEOUT = _cfg.get("providers.read_timeout")
     STORE_PROMPTS = _cfg.get("telemetry.store_prompts")
+    STATS_FOOTER = _cfg.get("telemetry.stats_footer")
+    BUDGET_WEBHOOK_URL = _cfg.get("budget.webhook_url")
     RETENTION_DAYS = _cfg.get("telemetry.retention_days")
     TIME_ZONE = _cfg.get("time_zone")
     LOG_ENABLED = _cfg.get("log.enabled")
