@@ -15,37 +15,15 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
+from budgets.values import REPORT_PERIOD, Action, BudgetError, Period, Source
 from telemetry import reports
 from telemetry.models import NANO
 
 
-class Period(models.TextChoices):
-    DAILY = "daily"
-    WEEKLY = "weekly"
-    MONTHLY = "monthly"
-
-
-class Action(models.TextChoices):
-    WARN = "warn"  # forward, log, X-TokenPak-Budget: exceeded
-    BLOCK = "block"  # 429 in the provider's shape; nothing goes upstream
-    ROUTE_CHEAP = "route-cheap"  # forward with the cheaper model of the mapping
-
-
-# The strictest action wins when several budgets are exceeded at once.
-STRICTNESS = {Action.WARN: 0, Action.ROUTE_CHEAP: 1, Action.BLOCK: 2}
-# Calendar periods as telemetry.reports names them.
-_REPORT_PERIOD = {Period.DAILY: "today", Period.WEEKLY: "week", Period.MONTHLY: "month"}
-
-
-class Source(models.TextChoices):
-    CLI = "cli"
-    ADMIN = "admin"
-    CONFIG = "config.yaml"  # declared in config.yaml's budget block: change it there
-
-
 def period_bounds(period: str, ts: float) -> tuple[datetime, datetime]:
     """[start, end) of the calendar period holding unix time ts, in the configured zone."""
-    return reports.period(_REPORT_PERIOD[Period(period)], datetime.fromtimestamp(ts, reports.zone()))
+    moment = datetime.fromtimestamp(ts, reports.zone())
+    return reports.period(REPORT_PERIOD[Period(period)], moment)
 
 
 class Budget(models.Model):
@@ -94,6 +72,49 @@ class Budget(models.Model):
 
     def bounds(self, ts: float) -> tuple[datetime, datetime]:
         return period_bounds(self.period, ts)
+
+    def refuse_if_declared(self) -> None:
+        if self.source == Source.CONFIG:
+            where = f"budget.agents.{self.agent}" if self.agent else "budget"
+            raise BudgetError(
+                f"the {self.label.lower()} budget comes from config.yaml ({where}."
+                f"{self.period}_usd): change it there"
+            )
+
+    @classmethod
+    def put(cls, agent: str, period: str, limit: Decimal, alert_at_pct: int | None = None,
+            on_exceeded: str | None = None, source: str = Source.CLI) -> Budget:
+        """Create or change the (agent, period) budget; unset values keep theirs."""
+        budget = cls.objects.filter(agent=agent, period=period).first()
+        if budget is None:
+            budget = cls(agent=agent, period=period)
+        budget.refuse_if_declared()
+        budget.limit_usd = limit
+        if alert_at_pct is not None:
+            budget.alert_at_pct = alert_at_pct
+        if on_exceeded is not None:
+            budget.on_exceeded = on_exceeded
+        budget.source = source
+        budget.save()
+        return budget
+
+    @classmethod
+    def scope(cls, agent: str, period: str | None = None) -> list[Budget]:
+        """The global budgets (agent "") or one agent's, optionally of one period; one at least."""
+        budgets = cls.objects.filter(agent=agent)
+        if period:
+            budgets = budgets.filter(period=period)
+        found = list(budgets)
+        if not found:
+            who = f"agent {agent}" if agent else "global"
+            what = f"{period} " if period else ""
+            raise BudgetError(
+                f"no {who} {what}budget to change: set one first, e.g. `tokenpak budget set "
+                f"--{period or 'monthly'} 50{f' --agent {agent}' if agent else ''}`"
+            )
+        for budget in found:
+            budget.refuse_if_declared()
+        return found
 
 
 class Spend(models.Model):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
+from budgets import guard
+from budgets.guard import Verdict
 from proxy import upstream
 from proxy.providers import OPENAI, Provider, StreamTap
 from proxy.sse import EventSplitter
@@ -98,7 +101,6 @@ async def forward(request: HttpRequest, route: Route) -> HttpResponse:
         return _refuse(rec, provider, 413, f"Request body is larger than {limit} MB.")
 
     payload: Any = None
-    strip_usage = False
     # Chat and messages only take JSON, whatever a hand-written curl says its body is.
     if body and (route.requires_model or _is_json(request)):
         payload, problem = _parse(body, route.requires_model)
@@ -106,12 +108,30 @@ async def forward(request: HttpRequest, route: Route) -> HttpResponse:
             return _refuse(rec, provider, 400, problem)
         rec.requested_model = rec.sent_model = str(payload.get("model") or "")
         rec.stream = payload.get("stream") is True
-        if provider is OPENAI and rec.stream and route.event_type == "chat.completions":
-            body, strip_usage = _with_stream_usage(payload, body)
     elif route.requires_model:
         return _refuse(rec, provider, 400, "Request body must be a JSON object with a model.")
     if settings.STORE_PROMPTS:
         rec.request_body = request.body.decode("utf-8", "replace")
+
+    verdict = guard.WITHIN
+    rewrite = False
+    if route.billable:
+        verdict = await guard.check(rec, payload, len(body))
+        rec.held = verdict.held
+        if verdict.blocked:
+            return _blocked(rec, provider, verdict)
+        if verdict.route_to:
+            payload["model"] = rec.sent_model = verdict.route_to
+            rewrite = True
+        if verdict.action:
+            log.warning("%s over budget: %s; %s", rec.trace_id, verdict.decider.summary(),
+                        f"routed {rec.requested_model} to {rec.sent_model}" if rewrite
+                        else "forwarded")
+    strip_usage = False
+    if provider is OPENAI and rec.stream and route.event_type == "chat.completions":
+        strip_usage = _ask_for_usage(payload)
+    if rewrite or strip_usage:
+        body = json.dumps(payload, ensure_ascii=False).encode()
 
     url = provider.base_url + route.upstream_path
     if request.META.get("QUERY_STRING"):
@@ -140,7 +160,7 @@ async def forward(request: HttpRequest, route: Route) -> HttpResponse:
         record(rec)
         raise
 
-    out_headers = _client_headers(response, rec.trace_id)
+    out_headers = _client_headers(response, rec, verdict)
     if streaming:
         tap = provider.tap(rec.sent_model, strip_usage)
         return StreamingHttpResponse(
@@ -234,9 +254,13 @@ def _upstream_headers(request: HttpRequest, rec: Record) -> list[tuple[str, str]
     return headers
 
 
-def _client_headers(response: httpx.Response, trace_id: str) -> dict[str, str]:
+def _client_headers(response: httpx.Response, rec: Record, verdict: Verdict) -> dict[str, str]:
     headers = {k: v for k, v in response.headers.items() if k.lower() not in _DROP_RESPONSE}
-    headers["X-TokenPak-Trace-Id"] = trace_id
+    headers["X-TokenPak-Trace-Id"] = rec.trace_id
+    if verdict.header():
+        headers["X-TokenPak-Budget"] = verdict.header()
+    if verdict.route_to:
+        headers["X-TokenPak-Routed-From"] = rec.requested_model
     return headers
 
 
@@ -268,14 +292,15 @@ def _parse(body: bytes, requires_model: bool) -> tuple[dict, str]:
     return payload, ""
 
 
-def _with_stream_usage(payload: dict, body: bytes) -> tuple[bytes, bool]:
-    """Ask OpenAI for the usage chunk; the relay strips it if the client did not ask."""
+def _ask_for_usage(payload: dict) -> bool:
+    """Ask OpenAI for the usage chunk; True when TokenPak added the ask, so the relay strips
+    what the client did not ask for."""
     options = payload.get("stream_options")
     if isinstance(options, dict) and options.get("include_usage") is True:
-        return body, False
+        return False
     payload["stream_options"] = {**(options if isinstance(options, dict) else {})}
     payload["stream_options"]["include_usage"] = True
-    return json.dumps(payload, ensure_ascii=False).encode(), True
+    return True
 
 
 def _refuse(rec: Record, provider: Provider, status: int, message: str) -> HttpResponse:
@@ -283,6 +308,19 @@ def _refuse(rec: Record, provider: Provider, status: int, message: str) -> HttpR
     record(rec)
     response = provider.error(status, message)
     response["X-TokenPak-Trace-Id"] = rec.trace_id
+    return response
+
+
+def _blocked(rec: Record, provider: Provider, verdict: Verdict) -> HttpResponse:
+    """429 in the provider's shape; the SDKs are told not to retry (it resets at a date)."""
+    rec.finish(Status.BLOCKED, error_class="budget_exceeded")
+    record(rec)
+    decider = verdict.decider
+    response = provider.error(429, decider.describe(), provider.quota_error)
+    response["X-TokenPak-Trace-Id"] = rec.trace_id
+    response["X-TokenPak-Budget"] = "exceeded"
+    response["x-should-retry"] = "false"
+    response["retry-after"] = str(max(1, math.ceil(decider.end.timestamp() - time.time())))
     return response
 
 

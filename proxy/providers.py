@@ -181,6 +181,7 @@ class AnthropicTap(StreamTap):
 class Provider:
     name: ClassVar[str]
     request_id_header: ClassVar[str]
+    quota_error: ClassVar[str]  # error type of a request a budget blocked
 
     @property
     def base_url(self) -> str:
@@ -245,6 +246,7 @@ def _collect_text(value: Any, out: list[str]) -> None:
 class OpenAI(Provider):
     name = "openai"
     request_id_header = "x-request-id"
+    quota_error = "insufficient_quota"  # what OpenAI answers when an account's quota is spent
     _server_error = "server_error"
     _parse_usage = TokenUsage.from_openai
     _types: ClassVar[dict[int, str]] = {
@@ -288,6 +290,7 @@ class OpenAI(Provider):
 class Anthropic(Provider):
     name = "anthropic"
     request_id_header = "request-id"
+    quota_error = "rate_limit_error"  # Anthropic's only 429 type
     _server_error = "api_error"
     _parse_usage = TokenUsage.from_anthropic
     _types: ClassVar[dict[int, str]] = {

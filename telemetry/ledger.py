@@ -21,6 +21,7 @@ from decimal import Decimal
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection, transaction
 
+from budgets import guard
 from telemetry import pricing, retention
 from telemetry.models import (
     NANO,
@@ -156,20 +157,28 @@ class LedgerWriter:
             try:
                 close_old_connections()
                 with transaction.atomic():
-                    Event.objects.bulk_create([row[0] for row in rows])
+                    events = Event.objects.bulk_create([row[0] for row in rows])
                     Usage.objects.bulk_create([row[1] for row in rows])
                     Cost.objects.bulk_create([row[2] for row in rows])
                     segments = [s for row in rows for s in row[3]]
                     if segments:
                         Segment.objects.bulk_create(segments)
-                return
+                    # Budget spend moves with the rows, in the same transaction.
+                    grown = guard.settle(batch, events)
+                break
             except DatabaseError as e:
                 writer_log.error(
                     "ledger write failed (attempt %d, %d rows): %s", attempt + 1, len(rows), e
                 )
                 connection.close()
                 time.sleep(0.2 * (attempt + 1))
-        writer_log.error("ledger: %d rows could not be written and were dropped", len(rows))
+        else:
+            writer_log.error("ledger: %d rows could not be written and were dropped", len(rows))
+            return
+        try:
+            guard.notify(grown)
+        except DatabaseError as e:
+            writer_log.error("budget alerts could not be checked: %s", e)
 
 
 def _rows(r: Record) -> tuple[Event, Usage, Cost, list[Segment]]:

@@ -29,7 +29,7 @@ import math
 import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 from pathlib import Path
 from typing import Any
@@ -91,6 +91,7 @@ class Price:
     above_200k: Price | None = None  # used for the whole request when input > 200k tokens
     source: str = "catalog"  # "catalog" | "override" | "default" (telemetry.models.PricingSource)
     priced_as: str = ""  # the catalog key or override model that matched; "" for the default
+    provider: str = ""  # "openai", "anthropic", "google"; "" when unknown
 
 
 def make_price(
@@ -117,10 +118,14 @@ def make_price(
         above_200k=above_200k,
         source=source,
         priced_as=priced_as,
+        provider=provider,
     )
 
 
-DEFAULT_PRICE = make_price("anthropic", Decimal("3"), Decimal("15"), source="default", priced_as="")
+DEFAULT_PRICE = replace(
+    make_price("anthropic", Decimal("3"), Decimal("15"), source="default", priced_as=""),
+    provider="",
+)
 
 
 # --- LiteLLM's price list -------------------------------------------------------------------

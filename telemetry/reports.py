@@ -107,9 +107,14 @@ class Totals:
         data = asdict(self)
         data["tokens"] = self.tokens
         data["savings_pct"] = round(self.savings_pct, 2)
-        data["cost_usd"] = str(self.cost_usd)
-        data["cost_saved_usd"] = str(self.cost_saved_usd)
+        data["cost_usd"] = plain(self.cost_usd)
+        data["cost_saved_usd"] = plain(self.cost_saved_usd)
         return data
+
+
+def plain(value: Decimal) -> str:
+    """Dollars as digits for JSON: str() writes a zero quantized to 1e-9 as '0E-9'."""
+    return format(value, "f")
 
 
 def _sums() -> dict[str, Any]:

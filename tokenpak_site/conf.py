@@ -7,6 +7,7 @@ Every setting has an environment name and a dotted key in config.yaml (e.g. TOKE
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import zoneinfo
 from dataclasses import dataclass
@@ -77,6 +78,7 @@ KEYS: dict[str, Key] = {
 }
 
 # Config files are shared and backed up; credentials belong in the client's environment only.
+_AGENT_NAME = re.compile(r"^budget\.agents\..*(?=\.)")
 _SECRET_WORDS = ("api_key", "apikey", "secret", "password", "token", "authorization")
 
 
@@ -103,8 +105,8 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
         out[prefix] = value
 
 
-def load_file(path: Path) -> dict[str, Any]:
-    """config.yaml as a flat {dotted.key: value} dict; env-style names are accepted too."""
+def load_yaml(path: Path) -> dict[str, Any]:
+    """config.yaml as YAML gave it ({} when there is no file)."""
     if not path.exists():
         return {}
     try:
@@ -118,14 +120,21 @@ def load_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid YAML{where} ({problem})") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    return data
+
+
+def load_file(path: Path) -> dict[str, Any]:
+    """config.yaml as a flat {dotted.key: value} dict; env-style names are accepted too."""
     flat: dict[str, Any] = {}
-    _flatten("", data, flat)
+    _flatten("", load_yaml(path), flat)
     by_env = {k.env: k.path for k in KEYS.values()}
     result: dict[str, Any] = {}
     for key, value in flat.items():
         name = by_env.get(key, key)
-        # Checked after mapping env-style names: every TOKENPAK_* name contains "token".
-        if any(word in name.lower() for word in _SECRET_WORDS):
+        # Checked after mapping env-style names: every TOKENPAK_* name contains "token". Agent
+        # names under budget.agents are the user's labels, not setting names.
+        checked = _AGENT_NAME.sub("budget.agents.*", name)
+        if any(word in checked.lower() for word in _SECRET_WORDS):
             raise ConfigError(
                 f"{path}: '{key}' looks like a credential; config.yaml never holds API keys "
                 "(clients send their own keys, fallbacks name an environment variable)"

@@ -7,6 +7,7 @@ import secrets
 import sys
 from pathlib import Path
 
+from budgets import declared
 from tokenpak_site import conf, logs
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -30,6 +31,8 @@ try:
     STORE_PROMPTS = _cfg.get("telemetry.store_prompts")
     STATS_FOOTER = _cfg.get("telemetry.stats_footer")
     BUDGET_WEBHOOK_URL = _cfg.get("budget.webhook_url")
+    # config.yaml's budget block, checked now; serving processes write it into tp_budgets.
+    BUDGETS_DECLARED = declared.parse(conf.load_yaml(TOKENPAK_HOME / "config.yaml").get("budget"))
     RETENTION_DAYS = _cfg.get("telemetry.retention_days")
     TIME_ZONE = _cfg.get("time_zone")
     LOG_ENABLED = _cfg.get("log.enabled")
