@@ -347,13 +347,14 @@ def notify(keys: list[Key]) -> None:
         budget = Budget.objects.filter(agent=spend.agent, period=spend.period).first()
         if budget is None:
             continue
-        for kind, threshold in (("alert", budget.alert_nano), ("exceeded", budget.limit_nano)):
+        for kind, flag, threshold in (("alert", "alerted", budget.alert_nano),
+                                      ("exceeded", "exceeded", budget.limit_nano)):
             if kind == "alert" and budget.alert_at_pct == 100:
                 continue  # the same moment as exceeded: say it once
-            if spend.spent_nano < threshold or getattr(spend, kind):
+            if spend.spent_nano < threshold or getattr(spend, flag):
                 continue
             # Whichever process flips the flag first says it; the others see 0 rows updated.
-            if Spend.objects.filter(pk=spend.pk, **{kind: False}).update(**{kind: True}):
+            if Spend.objects.filter(pk=spend.pk, **{flag: False}).update(**{flag: True}):
                 _announce(kind, budget, spend)
 
 

@@ -177,8 +177,8 @@ class LedgerWriter:
             return
         try:
             guard.notify(grown)
-        except DatabaseError as e:
-            writer_log.error("budget alerts could not be checked: %s", e)
+        except Exception:  # the rows are written; an alert must never stop the writer
+            writer_log.exception("budget alerts could not be checked")
 
 
 def _rows(r: Record) -> tuple[Event, Usage, Cost, list[Segment]]:
