@@ -157,7 +157,9 @@ class CheapRoute(models.Model):
 
     These rows override the defaults derived from the pricing catalog (budgets.routes)."""
 
-    provider = models.CharField(max_length=16)
+    provider = models.CharField(
+        max_length=16, blank=True, help_text="openai or anthropic; empty: from the pricing catalog"
+    )
     model = models.CharField(max_length=128)
     cheaper = models.CharField(max_length=128)
     updated_at = models.DateTimeField(auto_now=True)
