@@ -69,7 +69,9 @@ def prune(
 
 def purge_all(*, chunk: int = 10_000, progress: Progress | None = None) -> int:
     """Delete every ledger row (tp_segments, tp_usage, tp_costs, tp_events); returns how many
-    requests were deleted. Prices (tp_pricing), settings and users are not touched.
+    requests were deleted. Prices (tp_pricing), budgets, settings and users are not touched;
+    budgets' spend counters go with the rows they summed (the next request re-reads them from
+    the ledger), so `budget status` and `cost` keep agreeing.
 
     Chunked like prune rather than four DELETEs in one transaction: on SQLite one transaction
     over a million rows holds the only write lock for many seconds, long enough for a running
@@ -83,6 +85,8 @@ def purge_all(*, chunk: int = 10_000, progress: Progress | None = None) -> int:
             cursor.execute(f"DELETE FROM {connection.ops.quote_name(table)}")
             if table == "tp_events":
                 deleted += max(cursor.rowcount, 0)
+        for table in ("tp_budget_holds", "tp_budget_spend"):
+            cursor.execute(f"DELETE FROM {connection.ops.quote_name(table)}")
     return deleted
 
 

@@ -125,3 +125,16 @@ def test_it_says_so_when_the_ledger_is_already_empty(transactional_db):
     out, _ = purge(telemetry=True)  # no --yes, no terminal: nothing to ask about
 
     assert out == "purge: the ledger is already empty\n"
+
+
+def test_it_resets_budget_spend_with_the_rows_and_keeps_the_budgets(ledger):
+    from budgets import guard
+    from budgets.models import Budget, Spend
+
+    Budget.objects.create(period="monthly", limit_usd=Decimal("50"))
+    [before] = guard.current()
+    assert before.spent_nano == sum(Event.objects.values_list("cost_nano_usd", flat=True)) > 0
+    purge(telemetry=True, yes=True)
+    assert not Spend.objects.exists() and Budget.objects.count() == 1
+    [after] = guard.current()
+    assert after.spent_nano == 0
