@@ -22,7 +22,7 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
 from budgets import guard
 from budgets.guard import Verdict
-from proxy import upstream
+from proxy import footer, upstream
 from proxy.providers import OPENAI, Provider, StreamTap
 from proxy.sse import EventSplitter
 from telemetry.ledger import Record, new_trace_id, record
@@ -81,6 +81,7 @@ class Route:
     upstream_path: str
     billable: bool = True  # count_tokens and model lists cost nothing
     requires_model: bool = False
+    stats_footer: bool = False  # chat completions and messages: answers a person reads
 
 
 async def forward(request: HttpRequest, route: Route) -> HttpResponse:
@@ -141,6 +142,11 @@ async def forward(request: HttpRequest, route: Route) -> HttpResponse:
                   redact_headers(dict(headers)))
     client = upstream.client()
     try:
+        # The footer's figures are final once the request is built. Pricing them may read the
+        # database (off the event loop): here, a client that leaves meanwhile still gets a row.
+        footer_text = ""
+        if settings.STATS_FOOTER and route.stats_footer:
+            footer_text = await footer.text_for(rec, provider.name)
         upstream_request = client.build_request(
             request.method or "POST", url, headers=headers, content=body or None
         )
@@ -162,7 +168,7 @@ async def forward(request: HttpRequest, route: Route) -> HttpResponse:
 
     out_headers = _client_headers(response, rec, verdict)
     if streaming:
-        tap = provider.tap(rec.sent_model, strip_usage)
+        tap = provider.tap(rec.sent_model, strip_usage, footer_text)
         return StreamingHttpResponse(
             _relay(response, tap, rec, provider, payload),
             status=response.status_code,
@@ -175,6 +181,8 @@ async def forward(request: HttpRequest, route: Route) -> HttpResponse:
             rec.usage = provider.usage_from_body(answer)
         if isinstance(answer, dict) and isinstance(answer.get("model"), str):
             rec.model = answer["model"]
+        if footer_text and provider.add_footer(answer, footer_text):
+            data = footer.dumps(answer)
         rec.finish(Status.OK)
     else:
         rec.finish(
@@ -204,6 +212,8 @@ async def _relay(
                 if stored is not None:
                     stored.append(out)
                 yield out
+        if held := tap.flush():  # the stream stopped right after an event the footer held back
+            yield held
         if tap.error_class:
             status, error_class = Status.ERROR, tap.error_class
         elif not tap.complete:
@@ -214,10 +224,14 @@ async def _relay(
         raise
     except httpx.TimeoutException as e:
         status, error_class = Status.UPSTREAM_TIMEOUT, type(e).__name__
-        yield provider.cut_event("TokenPak: the provider stopped sending (read timeout).")
+        yield tap.flush() + provider.cut_event(
+            "TokenPak: the provider stopped sending (read timeout)."
+        )
     except httpx.HTTPError as e:
         status, error_class = Status.STREAM_CUT, type(e).__name__
-        yield provider.cut_event("TokenPak: the connection to the provider was lost mid-stream.")
+        yield tap.flush() + provider.cut_event(
+            "TokenPak: the connection to the provider was lost mid-stream."
+        )
     finally:
         await response.aclose()
         rec.model = tap.response_model

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 from django.conf import settings
 from django.http import HttpResponse
 
+from proxy import footer
 from proxy.sse import parse_event
 from telemetry import tokens
 from telemetry.usage import TokenUsage
@@ -34,8 +35,9 @@ def _json(data: bytes) -> Any:
 class StreamTap:
     """Reads one provider stream on the side; `event()` returns the bytes to forward."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, stats_footer: footer.StreamFooter | None = None) -> None:
         self.model = model
+        self.stats_footer = stats_footer  # adds TokenPak's footer line to the answer's end
         self.usage: TokenUsage | None = None
         self.complete = False  # the provider said the response was finished
         self.error_class = ""  # an error event inside a 200 stream
@@ -43,6 +45,15 @@ class StreamTap:
         self.seen: list[bytes] = []  # delta payloads, parsed only if usage never arrives
 
     def event(self, raw: bytes) -> bytes:
+        out = self.read(raw)
+        return self.stats_footer.relay(out) if self.stats_footer and out else out
+
+    def flush(self) -> bytes:
+        """What the footer still holds back when the stream stops early: forward it first."""
+        return self.stats_footer.flush() if self.stats_footer else b""
+
+    def read(self, raw: bytes) -> bytes:
+        """Take what the ledger needs from one event; return the bytes the provider meant."""
         raise NotImplementedError
 
     def delta_text(self, payload: Any) -> str:
@@ -62,13 +73,15 @@ class StreamTap:
 class OpenAITap(StreamTap):
     """Chat completions chunks, and Responses API events (usage in response.completed)."""
 
-    def __init__(self, model: str, strip_usage: bool) -> None:
-        super().__init__(model)
+    def __init__(
+        self, model: str, strip_usage: bool, stats_footer: footer.StreamFooter | None
+    ) -> None:
+        super().__init__(model, stats_footer)
         # True when TokenPak added stream_options.include_usage: the client must not see
         # the extra usage chunk or the "usage": null TokenPak's request caused.
         self.strip_usage = strip_usage
 
-    def event(self, raw: bytes) -> bytes:
+    def read(self, raw: bytes) -> bytes:
         name, data = parse_event(raw)
         if data == b"[DONE]":
             self.complete = True
@@ -117,11 +130,11 @@ class OpenAITap(StreamTap):
 
 
 class AnthropicTap(StreamTap):
-    def __init__(self, model: str) -> None:
-        super().__init__(model)
+    def __init__(self, model: str, stats_footer: footer.StreamFooter | None) -> None:
+        super().__init__(model, stats_footer)
         self.final_output = False  # a message_delta (cumulative output count) has arrived
 
-    def event(self, raw: bytes) -> bytes:
+    def read(self, raw: bytes) -> bytes:
         name, data = parse_event(raw)
         if name == "content_block_delta":
             self.seen.append(data)
@@ -210,7 +223,11 @@ class Provider:
     def error_class_from_body(self, body: Any) -> str:
         raise NotImplementedError
 
-    def tap(self, model: str, strip_usage: bool) -> StreamTap:
+    def add_footer(self, answer: Any, text: str) -> bool:
+        """Append the stats footer to a JSON answer in place; True when the answer changed."""
+        raise NotImplementedError
+
+    def tap(self, model: str, strip_usage: bool, footer_text: str = "") -> StreamTap:
         raise NotImplementedError
 
     def cut_event(self, message: str) -> bytes:
@@ -279,8 +296,12 @@ class OpenAI(Provider):
             return str(body["error"].get("type") or body["error"].get("code") or "")
         return ""
 
-    def tap(self, model: str, strip_usage: bool) -> StreamTap:
-        return OpenAITap(model, strip_usage)
+    def add_footer(self, answer: Any, text: str) -> bool:
+        return footer.add_to_chat_completion(answer, text)
+
+    def tap(self, model: str, strip_usage: bool, footer_text: str = "") -> StreamTap:
+        stats_footer = footer.OpenAIChatFooter(footer_text) if footer_text else None
+        return OpenAITap(model, strip_usage, stats_footer)
 
     def cut_event(self, message: str) -> bytes:
         body = self.error_body(502, message, "upstream_error")
@@ -318,8 +339,12 @@ class Anthropic(Provider):
             return str(body["error"].get("type") or "")
         return ""
 
-    def tap(self, model: str, strip_usage: bool) -> StreamTap:
-        return AnthropicTap(model)
+    def add_footer(self, answer: Any, text: str) -> bool:
+        return footer.add_to_message(answer, text)
+
+    def tap(self, model: str, strip_usage: bool, footer_text: str = "") -> StreamTap:
+        stats_footer = footer.AnthropicFooter(footer_text) if footer_text else None
+        return AnthropicTap(model, stats_footer)
 
     def cut_event(self, message: str) -> bytes:
         body = self.error_body(502, message, "api_error")

@@ -17,7 +17,7 @@ step on each other:
 ``x-fake-scenario``
     Comma-separated options: ``status=NNN``, ``split=N``, ``crlf``,
     ``delay=S``, ``cut=K``, ``gate``, ``hang``, ``malformed``,
-    ``stream_error``.  See ``_Scenario``.
+    ``stream_error``, ``tool_call``, ``late_ping``.  See ``_Scenario``.
 """
 
 import base64
@@ -71,6 +71,10 @@ OPENAI_MODELS: list[dict[str, Any]] = [
     {"id": "gpt-4o-mini", "object": "model", "created": 1721172741, "owned_by": "system"},
     {"id": "gpt-4o", "object": "model", "created": 1715367049, "owned_by": "system"},
 ]
+
+# The call every tool_call answer makes.
+TOOL_NAME = "get_weather"
+TOOL_ARGUMENTS: dict[str, Any] = {"city": "Paris"}
 
 ANTHROPIC_MODELS: list[dict[str, Any]] = [
     {
@@ -272,6 +276,12 @@ class _Scenario:
     malformed     200 application/json with body ``{not json``
     stream_error  stream: after the first content event send the provider's
                   mid-stream error event and end the stream cleanly
+    tool_call     chat completions and messages answer with a call of TOOL_NAME
+                  (TOOL_ARGUMENTS): OpenAI with no content and finish_reason
+                  tool_calls; Anthropic with the text block, then a tool_use
+                  block, and stop_reason tool_use
+    late_ping     Anthropic stream: one more ping between the last
+                  content_block_stop and message_delta
     """
 
     status: int | None = None
@@ -283,6 +293,8 @@ class _Scenario:
     hang: bool = False
     malformed: bool = False
     stream_error: bool = False
+    tool_call: bool = False
+    late_ping: bool = False
 
     @classmethod
     def parse(cls, raw: str) -> "_Scenario":
@@ -304,7 +316,7 @@ class _Scenario:
                     sc.delay = float(value)
                 elif name == "cut":
                     sc.cut = int(value)
-                elif name in ("crlf", "gate", "hang", "malformed", "stream_error") and not value:
+                elif name in _FLAGS and not value:
                     setattr(sc, name, True)
                 else:
                     raise ValueError
@@ -313,6 +325,9 @@ class _Scenario:
                 # response would make the test pass for the wrong reason.
                 raise ValueError(f"bad x-fake-scenario option {item!r}") from None
         return sc
+
+
+_FLAGS = ("crlf", "gate", "hang", "malformed", "stream_error", "tool_call", "late_ping")
 
 
 @dataclass
@@ -432,6 +447,9 @@ def _openai_chat(ctx: _Ctx) -> _Reply:
     cid = f"chatcmpl-fake{ctx.n}"
     created = int(time.time())
     if not ctx.body.get("stream"):
+        message = {"role": "assistant", "content": ctx.text, "refusal": None, "annotations": []}
+        if ctx.scenario.tool_call:
+            message |= {"content": None, "tool_calls": [_openai_tool_call(ctx.n)]}
         return _JsonReply(
             200,
             {
@@ -442,14 +460,9 @@ def _openai_chat(ctx: _Ctx) -> _Reply:
                 "choices": [
                     {
                         "index": 0,
-                        "message": {
-                            "role": "assistant",
-                            "content": ctx.text,
-                            "refusal": None,
-                            "annotations": [],
-                        },
+                        "message": message,
                         "logprobs": None,
-                        "finish_reason": "stop",
+                        "finish_reason": "tool_calls" if ctx.scenario.tool_call else "stop",
                     }
                 ],
                 "usage": usage,
@@ -480,6 +493,22 @@ def _openai_chat(ctx: _Ctx) -> _Reply:
         return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
 
     nl = ctx.nl
+    if ctx.scenario.tool_call:
+        # As OpenAI streams a call: the name first, then the arguments in pieces.
+        call = _openai_tool_call(ctx.n)
+        arguments = call["function"]["arguments"]
+        call["function"]["arguments"] = ""
+        first = {"role": "assistant", "content": None, "tool_calls": [{"index": 0, **call}],
+                 "refusal": None}
+        events = [_sse(chunk(choice(first)), nl, content=True)]
+        for i in range(0, len(arguments), 8):
+            piece = {"index": 0, "function": {"arguments": arguments[i : i + 8]}}
+            events.append(_sse(chunk(choice({"tool_calls": [piece]})), nl))
+        events.append(_sse(chunk(choice({}, "tool_calls")), nl))
+        if include_usage:
+            events.append(_sse(chunk([], usage), nl))
+        events.append(_sse("[DONE]", nl))
+        return _StreamReply(events)
     events = [_sse(chunk(choice({"role": "assistant", "content": "", "refusal": None})), nl)]
     for i, word in enumerate(_words(ctx.text)):
         events.append(_sse(chunk(choice({"content": word})), nl, content=i == 0))
@@ -499,6 +528,14 @@ def _openai_chat(ctx: _Ctx) -> _Reply:
         events.append(_sse(chunk([], usage), nl))
     events.append(_sse("[DONE]", nl))
     return _StreamReply(events)
+
+
+def _openai_tool_call(n: int) -> dict[str, Any]:
+    return {
+        "id": f"call_fake{n}",
+        "type": "function",
+        "function": {"name": TOOL_NAME, "arguments": _dumps(TOOL_ARGUMENTS)},
+    }
 
 
 def _openai_embeddings(ctx: _Ctx) -> _Reply:
@@ -646,6 +683,9 @@ def _anthropic_messages(ctx: _Ctx) -> _Reply:
     usage = _merge(ANTHROPIC_DEFAULT_USAGE, ctx.usage_override)
     mid = f"msg_fake{ctx.n}"
     if not ctx.body.get("stream"):
+        content: list[dict[str, Any]] = [{"type": "text", "text": ctx.text}]
+        if ctx.scenario.tool_call:
+            content.append(_anthropic_tool_use(ctx.n, TOOL_ARGUMENTS))
         return _JsonReply(
             200,
             {
@@ -653,8 +693,8 @@ def _anthropic_messages(ctx: _Ctx) -> _Reply:
                 "type": "message",
                 "role": "assistant",
                 "model": ctx.model,
-                "content": [{"type": "text", "text": ctx.text}],
-                "stop_reason": "end_turn",
+                "content": content,
+                "stop_reason": "tool_use" if ctx.scenario.tool_call else "end_turn",
                 "stop_sequence": None,
                 "usage": usage,
             },
@@ -703,12 +743,26 @@ def _anthropic_messages(ctx: _Ctx) -> _Reply:
         if ctx.scenario.stream_error:
             events.append(_sse(anthropic_error("Overloaded", "overloaded_error"), nl, "error"))
             return _StreamReply(events)
+    events.append(_sse({"type": "content_block_stop", "index": 0}, nl, "content_block_stop"))
+    if ctx.scenario.tool_call:
+        # As Anthropic streams a call: the block with empty input, then the input as JSON pieces.
+        start = {"type": "content_block_start", "index": 1,
+                 "content_block": _anthropic_tool_use(ctx.n, {})}
+        events.append(_sse(start, nl, "content_block_start"))
+        arguments = _dumps(TOOL_ARGUMENTS)
+        for i in range(0, len(arguments), 8):
+            delta = {"type": "content_block_delta", "index": 1,
+                     "delta": {"type": "input_json_delta", "partial_json": arguments[i : i + 8]}}
+            events.append(_sse(delta, nl, "content_block_delta"))
+        events.append(_sse({"type": "content_block_stop", "index": 1}, nl, "content_block_stop"))
+    if ctx.scenario.late_ping:
+        events.append(_sse({"type": "ping"}, nl, "ping"))
+    stop_reason = "tool_use" if ctx.scenario.tool_call else "end_turn"
     events += [
-        _sse({"type": "content_block_stop", "index": 0}, nl, "content_block_stop"),
         _sse(
             {
                 "type": "message_delta",
-                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "delta": {"stop_reason": stop_reason, "stop_sequence": None},
                 "usage": {"output_tokens": usage["output_tokens"]},
             },
             nl,
@@ -717,6 +771,10 @@ def _anthropic_messages(ctx: _Ctx) -> _Reply:
         _sse({"type": "message_stop"}, nl, "message_stop"),
     ]
     return _StreamReply(events)
+
+
+def _anthropic_tool_use(n: int, arguments: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "tool_use", "id": f"toolu_fake{n}", "name": TOOL_NAME, "input": arguments}
 
 
 def _anthropic_count_tokens(ctx: _Ctx) -> _Reply:

@@ -23,6 +23,8 @@ from tests.fakeprovider import (
     ANTHROPIC_DEFAULT_USAGE,
     DEFAULT_TEXT,
     OPENAI_DEFAULT_USAGE,
+    TOOL_ARGUMENTS,
+    TOOL_NAME,
     FakeProvider,
 )
 
@@ -263,6 +265,27 @@ def test_it_makes_the_openai_sdk_raise_on_a_mid_stream_error(oai: openai.OpenAI)
         list(stream)
 
 
+def test_it_answers_openai_chat_with_a_tool_call_when_asked(oai: openai.OpenAI) -> None:
+    headers = {"x-fake-scenario": "tool_call"}
+    reply = oai.chat.completions.create(model="m", messages=MESSAGES, extra_headers=headers)
+    with oai.chat.completions.stream(
+        model="m",
+        messages=MESSAGES,
+        stream_options={"include_usage": True},
+        extra_headers={"x-fake-scenario": "tool_call,split=7"},
+    ) as stream:
+        streamed = stream.get_final_completion()
+
+    for completion in (reply, streamed):
+        choice = completion.choices[0]
+        assert choice.finish_reason == "tool_calls"
+        assert choice.message.content is None
+        [call] = choice.message.tool_calls or []
+        assert call.id.startswith("call_fake") and call.function.name == TOOL_NAME
+        assert json.loads(call.function.arguments) == TOOL_ARGUMENTS
+    assert streamed.usage is not None and streamed.usage.completion_tokens == 7
+
+
 def test_it_serves_openai_embeddings_as_base64_or_floats(
     oai: openai.OpenAI, http: httpx.Client
 ) -> None:
@@ -458,6 +481,39 @@ def test_it_makes_the_anthropic_sdk_raise_when_a_stream_is_cut(ant: anthropic.An
         manager as stream,
     ):
         stream.get_final_message()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_it_answers_anthropic_messages_with_a_tool_use_when_asked(
+    ant: anthropic.Anthropic, stream: bool
+) -> None:
+    headers = {"x-fake-scenario": "tool_call"}
+    if stream:
+        with ant.messages.stream(
+            model="c", max_tokens=50, messages=MESSAGES, extra_headers=headers
+        ) as events:
+            message = events.get_final_message()
+    else:
+        message = ant.messages.create(
+            model="c", max_tokens=50, messages=MESSAGES, extra_headers=headers
+        )
+
+    assert message.stop_reason == "tool_use"
+    text, call = message.content
+    assert text.type == "text" and text.text == DEFAULT_TEXT
+    assert call.type == "tool_use" and call.name == TOOL_NAME and call.input == TOOL_ARGUMENTS
+    assert call.id.startswith("toolu_fake")
+
+
+def test_it_sends_a_late_ping_before_message_delta_when_asked(http: httpx.Client) -> None:
+    response = http.post(
+        "/v1/messages",
+        json={"model": "c", "max_tokens": 5, "messages": MESSAGES, "stream": True},
+        headers={"x-fake-scenario": "late_ping"},
+    )
+
+    names = [name for name, _ in sse_events(response.text)]
+    assert names[-4:] == ["content_block_stop", "ping", "message_delta", "message_stop"]
 
 
 def test_it_counts_tokens_for_anthropic(ant: anthropic.Anthropic) -> None:
