@@ -156,31 +156,34 @@ _pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tokenpak-budget")
 
 
 async def check(rec: Record, payload: Any, body_size: int) -> Verdict:
-    """The verdict for a request about to be forwarded; WITHIN when no budget applies."""
+    """The verdict for a request about to be forwarded; WITHIN when no budget applies.
+
+    A client that leaves while the guard decides still gets its row, recorded here: once the
+    holds exist, if holds were being taken, since the writer drops a held row's holds."""
     if not settings.TELEMETRY_ENABLED:
         return WITHIN
     loop = asyncio.get_running_loop()
-    if _scopes.stale():
-        await loop.run_in_executor(_pool, _scopes.read)
-    if "" not in _scopes.agents and rec.agent_id not in _scopes.agents:
-        return WITHIN
-    model = rec.requested_model
-    max_tokens = _max_tokens(payload)
-    future = loop.run_in_executor(
-        _pool, admit, rec.trace_id, rec.agent_id, rec.provider, model, body_size, max_tokens,
-        rec.ts,
-    )
+    future: asyncio.Future[Verdict] | None = None
     try:
+        if _scopes.stale():
+            await loop.run_in_executor(_pool, _scopes.read)
+        if "" not in _scopes.agents and rec.agent_id not in _scopes.agents:
+            return WITHIN
+        future = loop.run_in_executor(
+            _pool, admit, rec.trace_id, rec.agent_id, rec.provider, rec.requested_model,
+            body_size, _max_tokens(payload), rec.ts,
+        )
         return await asyncio.shield(future)
     except asyncio.CancelledError:
-        # The client left while the guard decided. Its row is recorded once the holds exist,
-        # so the writer, which drops a held row's holds, cannot come first.
         from telemetry.ledger import record
         from telemetry.models import Status
 
-        rec.held = True
         rec.finish(Status.CLIENT_CLOSED)
-        future.add_done_callback(lambda _: record(rec))
+        if future is None:
+            record(rec)
+        else:
+            rec.held = True
+            future.add_done_callback(lambda _: record(rec))
         raise
 
 

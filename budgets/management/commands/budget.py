@@ -77,19 +77,19 @@ class Command(BaseCommand):
 
     def alert(self, options: dict[str, Any]) -> None:
         pct = parse_pct(options["at"])
-        budgets = Budget.scope(_agent(options), options["period"])
-        for budget in budgets:
-            budget.alert_at_pct = pct
-            budget.save()
-        self.stdout.write(f"budget: alert at {pct}% for {_labels(budgets)}")
+        self._change(options, f"alert at {pct}%", alert_at_pct=pct)
 
     def on_exceeded(self, options: dict[str, Any]) -> None:
         action = parse_action(options["what"])
+        self._change(options, f"on exceeded {action}", on_exceeded=action)
+
+    def _change(self, options: dict[str, Any], said: str, **values: Any) -> None:
         budgets = Budget.scope(_agent(options), options["period"])
         for budget in budgets:
-            budget.on_exceeded = action
+            for field, value in values.items():
+                setattr(budget, field, value)
             budget.save()
-        self.stdout.write(f"budget: on exceeded {action} for {_labels(budgets)}")
+        self.stdout.write(f"budget: {said} for {_labels(budgets)}")
 
     def remove(self, options: dict[str, Any]) -> None:
         budgets = Budget.scope(_agent(options), options["period"])
