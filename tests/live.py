@@ -15,6 +15,12 @@ from django.db import connection
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def default_signals() -> None:
+    """preexec_fn for servers the tests stop with SIGINT: a suite started in the background of
+    a non-interactive shell ignores SIGINT, and children would inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -59,6 +65,7 @@ class LiveServer:
             env=self.env,
             stdout=out,
             stderr=subprocess.STDOUT,
+            preexec_fn=default_signals,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from tests.conftest import wait_for
-from tests.live import ROOT, answers, database_env, free_port
+from tests.live import ROOT, answers, database_env, default_signals, free_port
 
 TOKENPAK = Path(sys.executable).parent / "tokenpak"
 
@@ -46,7 +46,8 @@ def test_it_serves_like_make_run_on_the_port_and_db_given(tmp_path, fake):
            "DJANGO_SETTINGS_MODULE": "tokenpak_site.settings",
            "TOKENPAK_OPENAI_BASE_URL": fake.url, "DATABASE_URL": ""}
     proc = subprocess.Popen([str(TOKENPAK), "serve", "--port", str(port), "--db", str(db)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                preexec_fn=default_signals)
     try:
         wait_for(lambda: answers(f"http://127.0.0.1:{port}"), timeout=40)
         wait_for(lambda: sqlite3.connect(db).execute(

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from tests.conftest import wait_for
-from tests.live import ROOT, answers, database_env, free_port
+from tests.live import ROOT, answers, database_env, default_signals, free_port
 
 
 def test_it_serves_on_the_configured_port_by_default(transactional_db, fake, rows, tmp_path):
@@ -24,6 +24,7 @@ def test_it_serves_on_the_configured_port_by_default(transactional_db, fake, row
     proc = subprocess.Popen(
         [sys.executable, "manage.py", "runserver", "--noreload"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        preexec_fn=default_signals,
     )
     try:
         wait_for(lambda: answers(f"http://127.0.0.1:{port}"), timeout=30)
