@@ -374,15 +374,20 @@ def notify(keys: list[Key]) -> None:
         budget = Budget.objects.filter(agent=spend.agent, period=spend.period).first()
         if budget is None:
             continue
-        for kind, flag, threshold in (("alert", "alerted", budget.alert_nano),
-                                      ("exceeded", "exceeded", budget.limit_nano)):
-            if kind == "alert" and budget.alert_at_pct == 100:
-                continue  # the same moment as exceeded: say it once
+        # Whichever process flips a flag first says it; the others see 0 rows updated. A step
+        # past both thresholds at once is said once, as exceeded.
+        crossed = ""
+        for kind, threshold in (("alert", budget.alert_nano), ("exceeded", budget.limit_nano)):
+            flag = _FLAGS[kind]
             if spend.spent_nano < threshold or getattr(spend, flag):
                 continue
-            # Whichever process flips the flag first says it; the others see 0 rows updated.
             if Spend.objects.filter(pk=spend.pk, **{flag: False}).update(**{flag: True}):
-                _announce(kind, budget, spend)
+                crossed = kind
+        if crossed:
+            _announce(crossed, budget, spend)
+
+
+_FLAGS = {"alert": "alerted", "exceeded": "exceeded"}
 
 
 def _announce(kind: str, budget: Budget, spend: Spend) -> None:

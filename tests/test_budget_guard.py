@@ -212,6 +212,20 @@ def test_it_alerts_once_per_budget_and_period_and_posts_the_webhook(start_server
     assert log.count("Monthly budget exceeded") == 1
 
 
+def test_it_says_exceeded_once_when_one_request_jumps_past_both_thresholds(
+        start_server, fake, rows):
+    budget("0.01", "block")
+    server = start_server(TOKENPAK_BUDGET_WEBHOOK_URL=fake.url + "/hooks/budget")
+    spend(server, 10_000)  # $0.15: past 80 % and past the limit in one step
+    rows(1)
+    wait_for(lambda: any(r.path == "/hooks/budget" for r in fake.log))
+    time.sleep(0.3)
+    assert [r.json["type"] for r in fake.log if r.path == "/hooks/budget"] == ["budget.exceeded"]
+    log = (server.home / "tokenpak.log").read_text()
+    assert "Monthly budget exceeded: $0.150 of $0.010 spent" in log
+    assert "budget at" not in log
+
+
 def test_it_counts_spend_exactly_as_the_ledger_does(start_server, fake, rows):
     budget("100", "warn")
     budget("100", "warn", period="daily", agent="coder")
