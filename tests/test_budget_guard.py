@@ -110,16 +110,16 @@ def test_it_routes_to_the_cheaper_model_and_keeps_both_names(start_server, fake,
     budget("0", "route-cheap")
     server = start_server()
     raw = claude(server).messages.with_raw_response.create(
-        model="claude-sonnet-4-5-20250929", max_tokens=50, messages=ASK,
+        model="claude-opus-4-5-20251101", max_tokens=50, messages=ASK,
         extra_headers=usage(input_tokens=1000, output_tokens=100))
     assert fake.log[0].json["model"] == "claude-haiku-4-5"
     reply = raw.parse()
     assert reply.model == "claude-haiku-4-5"  # as the provider reports it
     assert raw.headers["x-tokenpak-budget"] == "exceeded"
-    assert raw.headers["x-tokenpak-routed-from"] == "claude-sonnet-4-5-20250929"
+    assert raw.headers["x-tokenpak-routed-from"] == "claude-opus-4-5-20251101"
     [event] = rows(1)
     assert (event.requested_model, event.sent_model, event.model) == (
-        "claude-sonnet-4-5-20250929", "claude-haiku-4-5", "claude-haiku-4-5")
+        "claude-opus-4-5-20251101", "claude-haiku-4-5", "claude-haiku-4-5")
     # Priced as what answered: 1000 × $1 + 100 × $5 per million.
     assert event.cost.cost_usd == Decimal("0.0015")
 
