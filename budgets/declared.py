@@ -47,6 +47,11 @@ class Declared:
         return self.agent, self.period
 
 
+def key_of(agent: str, period: str) -> str:
+    """Where config.yaml declares the (agent, period) budget: budget.agents.coder.daily_usd."""
+    return f"{f'budget.agents.{agent}' if agent else 'budget'}.{period}_usd"
+
+
 def parse(block: Any) -> list[Declared]:
     """The budgets a `budget:` block declares; ConfigError names the key of a bad value."""
     if block is None:
@@ -91,7 +96,7 @@ def _value(parse: Any, mapping: dict, key: str, where: str, default: Any) -> Any
 def _limits(mapping: dict, agent: str, where: str, alert: int, action: str) -> list[Declared]:
     return [
         Declared(agent, period, _value(parse_limit, mapping, key, where, None), alert, action,
-                 f"{where}.{key}")
+                 key_of(agent, period))
         for key, period in _LIMITS.items()
         if mapping.get(key) is not None
     ]

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
-from django.db.models import F, Sum
+from django.db.models import F, Q, Sum
 
 from budgets import routes
 from budgets.models import Budget, Hold, Spend
@@ -316,9 +316,7 @@ def _ledger_sum(agent: str, start: datetime, end: datetime) -> int:
     return qs.aggregate(n=Sum("cost_nano_usd"))["n"] or 0
 
 
-def _scope_q(keys: Iterable[tuple[str, str, float]]) -> Any:
-    from django.db.models import Q
-
+def _scope_q(keys: Iterable[tuple[str, str, float]]) -> Q:
     q = Q(pk__in=[])
     for agent, period, start in keys:
         q |= Q(agent=agent, period=period, period_start=start)

@@ -15,6 +15,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
+from budgets.declared import key_of
 from budgets.values import REPORT_PERIOD, Action, BudgetError, Period, Source
 from telemetry import reports
 from telemetry.models import NANO
@@ -75,10 +76,9 @@ class Budget(models.Model):
 
     def refuse_if_declared(self) -> None:
         if self.source == Source.CONFIG:
-            where = f"budget.agents.{self.agent}" if self.agent else "budget"
             raise BudgetError(
-                f"the {self.label.lower()} budget comes from config.yaml ({where}."
-                f"{self.period}_usd): change it there"
+                f"the {self.label.lower()} budget comes from config.yaml "
+                f"({key_of(self.agent, self.period)}): change it there"
             )
 
     @classmethod

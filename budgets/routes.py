@@ -41,7 +41,7 @@ class RouteError(ValueError):
 
 def _base_names(provider: str) -> dict[str, pricing.Price]:
     """Catalog entries of a provider under their plain names (no dated duplicates)."""
-    catalog = pricing._catalog_prices()
+    catalog = pricing.catalog_prices()
     return {
         name: price
         for name, price in catalog.items()

@@ -268,14 +268,14 @@ def resolve(model: str, provider: str = "") -> Price:
     for name in names:
         if name in overrides:
             return overrides[name].price(provider)
-    catalog = _catalog_prices()
+    catalog = catalog_prices()
     for name in names:
         if name in catalog:
             return catalog[name]
     return DEFAULT_PRICE
 
 
-def _catalog_prices() -> dict[str, Price]:
+def catalog_prices() -> dict[str, Price]:
     global _catalog
     catalog = _catalog
     if catalog is not None:

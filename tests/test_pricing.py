@@ -368,7 +368,7 @@ def test_it_falls_back_to_the_catalog_when_tp_pricing_is_unreadable(monkeypatch)
 
 
 def _catalog(model: str) -> Price:
-    price = pricing._catalog_prices()[model]
+    price = pricing.catalog_prices()[model]
     assert price.priced_as == model
     return price
 
