@@ -15,9 +15,12 @@ from proxy.providers import ANTHROPIC, OPENAI, Provider
 router = Router(tags=["proxy"])
 
 CHAT = Route(
-    OPENAI, "chat.completions", "/v1/chat/completions", requires_model=True, stats_footer=True
+    OPENAI, "chat.completions", "/v1/chat/completions", requires_model=True, stats_footer=True,
+    compress=True,
 )
-MESSAGES = Route(ANTHROPIC, "messages", "/v1/messages", requires_model=True, stats_footer=True)
+MESSAGES = Route(
+    ANTHROPIC, "messages", "/v1/messages", requires_model=True, stats_footer=True, compress=True
+)
 COUNT_TOKENS = Route(ANTHROPIC, "count_tokens", "/v1/messages/count_tokens", billable=False)
 
 

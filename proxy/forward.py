@@ -22,7 +22,7 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
 from budgets import guard
 from budgets.guard import Verdict
-from proxy import footer, upstream
+from proxy import compression, footer, upstream
 from proxy.providers import OPENAI, Provider, StreamTap
 from proxy.sse import EventSplitter
 from telemetry.ledger import Record, new_trace_id, record
@@ -82,6 +82,7 @@ class Route:
     billable: bool = True  # count_tokens and model lists cost nothing
     requires_model: bool = False
     stats_footer: bool = False  # chat completions and messages: answers a person reads
+    compress: bool = False  # chat completions and messages: conversations worth compressing
 
 
 async def forward(request: HttpRequest, route: Route) -> HttpResponse:
@@ -114,8 +115,19 @@ async def forward(request: HttpRequest, route: Route) -> HttpResponse:
     if settings.STORE_PROMPTS:
         rec.request_body = request.body.decode("utf-8", "replace")
 
-    verdict = guard.WITHIN
     rewrite = False
+    if route.compress and payload is not None:
+        profile, problem = compression.parse_profile(
+            request.headers.get("x-tokenpak-compress"), settings.COMPRESSION_PROFILE
+        )
+        if problem:
+            return _refuse(rec, provider, 400, problem)
+        outcome = compression.compress(provider.name, payload, profile)
+        rec.compression = outcome
+        if outcome.changed:
+            payload, rewrite = outcome.payload, True
+
+    verdict = guard.WITHIN
     if route.billable:
         verdict = await guard.check(rec, payload, len(body))
         rec.held = verdict.held
@@ -146,6 +158,10 @@ async def forward(request: HttpRequest, route: Route) -> HttpResponse:
         # database (off the event loop): here, a client that leaves meanwhile still gets a row.
         footer_text = ""
         if settings.STATS_FOOTER and route.stats_footer:
+            if rec.compression is not None:  # the one case where savings are counted up front
+                rec.tokens_saved, rec.tokens_before = await asyncio.to_thread(
+                    rec.compression.footer_figures, rec.sent_model
+                )
             footer_text = await footer.text_for(rec, provider.name)
         upstream_request = client.build_request(
             request.method or "POST", url, headers=headers, content=body or None

@@ -14,9 +14,10 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection, transaction
@@ -28,6 +29,7 @@ from telemetry.models import (
     Cost,
     Event,
     PricingSource,
+    RecipeHit,
     Segment,
     Status,
     Usage,
@@ -75,8 +77,9 @@ class Record:
     estimate: Callable[[], TokenUsage] | None = None
     request_body: str | None = None
     response_body: str | None = None
-    segments: list[tuple[str, int, int]] = field(default_factory=list)
-    # Compression's figures for this request (issue 5 fills them; the stats footer shows them).
+    # proxy.compression.Outcome: what compression did; the writer counts what it saved.
+    compression: Any = None
+    # Set before forwarding only when the stats footer needs them; otherwise the writer counts.
     tokens_before: int = 0
     tokens_saved: int = 0
     # Budget holds were taken for this request: the writer drops them when the row lands.
@@ -151,7 +154,7 @@ class LedgerWriter:
 
     def _write(self, batch: list[Record]) -> None:
         rows = [_rows(r) for r in batch]
-        for r, (event, usage, cost, _) in zip(batch, rows, strict=True):
+        for r, (event, usage, cost, _, _) in zip(batch, rows, strict=True):
             _log_request(r, event, usage, cost)
         for attempt in range(5):
             try:
@@ -163,6 +166,9 @@ class LedgerWriter:
                     segments = [s for row in rows for s in row[3]]
                     if segments:
                         Segment.objects.bulk_create(segments)
+                    fired = [h for row in rows for h in row[4]]
+                    if fired:
+                        RecipeHit.objects.bulk_create(fired)
                     # Budget spend moves with the rows, in the same transaction.
                     grown = guard.settle(batch, events)
                 break
@@ -181,7 +187,7 @@ class LedgerWriter:
             writer_log.exception("budget alerts could not be checked")
 
 
-def _rows(r: Record) -> tuple[Event, Usage, Cost, list[Segment]]:
+def _rows(r: Record) -> tuple[Event, Usage, Cost, list[Segment], list[RecipeHit]]:
     usage, source = r.usage, UsageSource.PROVIDER
     if usage is None and r.estimate is not None:
         try:
@@ -202,6 +208,18 @@ def _rows(r: Record) -> tuple[Event, Usage, Cost, list[Segment]]:
         cost_usd = pricing.cost(usage, price)
         pricing_source, priced_as = price.source, price.priced_as
 
+    saved, saved_usd, kinds, saved_estimated = 0, Decimal("0"), {}, False
+    hits: dict[str, int] = {}
+    if r.compression is not None:
+        hits = r.compression.recipes
+        if usage.input_tokens > 0:  # savings on what the provider billed, nothing else
+            try:
+                s = r.compression.savings(model)
+                saved, kinds, saved_estimated = max(0, s.tokens_saved), s.segments, s.estimated
+                saved_usd = pricing.saved_cost(usage, pricing.resolve(model, r.provider),
+                                               s.saved_prior, s.saved_new, s.new_after)
+            except Exception:  # counting must never cost the row
+                writer_log.exception("savings could not be counted for %s", r.trace_id)
     event = Event(
         trace_id=r.trace_id,
         request_id=r.request_id[:128],
@@ -225,6 +243,8 @@ def _rows(r: Record) -> tuple[Event, Usage, Cost, list[Segment]]:
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
         cost_nano_usd=int(cost_usd * NANO),
+        tokens_saved=saved,
+        saved_nano_usd=int(saved_usd * NANO),
         request_body=r.request_body,
         response_body=r.response_body,
     )
@@ -238,18 +258,24 @@ def _rows(r: Record) -> tuple[Event, Usage, Cost, list[Segment]]:
         cache_write_1h_tokens=usage.cache_write_1h_tokens,
         reasoning_tokens=usage.reasoning_tokens,
         estimated=source == UsageSource.ESTIMATED,
+        tokens_saved=saved,
+        savings_pct=round(100.0 * saved / (usage.input_tokens + saved), 2) if saved else 0.0,
+        saved_estimated=saved_estimated,
     )
     cost_row = Cost(
         trace_id=r.trace_id,
         cost_usd=cost_usd,
+        cost_saved_usd=saved_usd,
         pricing_source=pricing_source,
         priced_as=priced_as[:128],
     )
     segments = [
-        Segment(trace_id=r.trace_id, segment_type=t, tokens_raw=raw, tokens_after=after)
-        for t, raw, after in r.segments
+        Segment(trace_id=r.trace_id, segment_type=kind, tokens_raw=raw, tokens_after=after)
+        for kind, (raw, after) in sorted(kinds.items())
     ]
-    return event, usage_row, cost_row, segments
+    fired = [RecipeHit(trace_id=r.trace_id, recipe=name[:64], hits=n)
+             for name, n in sorted(hits.items())]
+    return event, usage_row, cost_row, segments, fired
 
 
 def _log_request(r: Record, event: Event, usage: Usage, cost: Cost) -> None:

@@ -107,6 +107,9 @@ class Usage(models.Model):
     cache_write_1h_tokens = models.IntegerField(default=0)  # the 1 h part of the above
     reasoning_tokens = models.IntegerField(default=0)  # included in output_tokens
     estimated = models.BooleanField(default=False)
+    # tokens_saved was counted with tiktoken for a model that is not OpenAI's (Claude): close,
+    # not exact. The provider's own counts (input_tokens, output_tokens) are unaffected.
+    saved_estimated = models.BooleanField(default=False)
 
     class Meta:
         db_table = "tp_usage"
@@ -141,6 +144,20 @@ class Segment(models.Model):
 
     class Meta:
         db_table = "tp_segments"
+
+
+class RecipeHit(models.Model):
+    """Which compression recipes fired on a request, and how many times."""
+
+    trace = models.ForeignKey(
+        Event, db_column="trace_id", on_delete=models.CASCADE, related_name="recipe_hits"
+    )
+    recipe = models.CharField(max_length=64)
+    hits = models.IntegerField(default=0)
+
+    class Meta:
+        db_table = "tp_recipe_hits"
+        indexes = [models.Index(fields=["recipe"], name="tp_recipe_hits_recipe")]
 
 
 PRICE = {"max_digits": 14, "decimal_places": 6}

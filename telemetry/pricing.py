@@ -430,3 +430,33 @@ def cost(usage: TokenUsage, price: Price) -> Decimal:
             + output * price.output
         )
         return (total / _MTOK).quantize(_USD_STEP, rounding=ROUND_HALF_EVEN)
+
+
+def saved_cost(
+    usage: TokenUsage, price: Price, saved_prior: int, saved_new: int, new_after: int
+) -> Decimal:
+    """What the tokens compression removed would have cost, at the rate each would have had.
+
+    Saved tokens in messages the previous request already carried would have been cache reads,
+    as far as the provider's cache_read_tokens covers that history (a saving on a cache hit is
+    worth a tenth). Saved tokens in new messages would have been written to the cache when this
+    request wrote to it, and plain input otherwise. `new_after` is the new messages' tokens as
+    sent, which tells how much of the input is history.
+    """
+    if price.above_200k is not None and usage.input_tokens > LONG_CONTEXT_THRESHOLD:
+        price = price.above_200k
+    prior, new = max(0, saved_prior), max(0, saved_new)
+    with localcontext() as ctx:
+        ctx.prec = 60
+        history = max(1, usage.input_tokens - new_after)
+        covered = min(Decimal(1), Decimal(max(0, usage.cache_read_tokens)) / history)
+        prior_rate = covered * price.cache_read + (1 - covered) * price.input
+        writes = max(0, usage.cache_write_tokens)
+        if writes:
+            write_1h = min(writes, max(0, usage.cache_write_1h_tokens))
+            new_rate = ((writes - write_1h) * price.cache_write
+                        + write_1h * price.cache_write_1h) / writes
+        else:
+            new_rate = price.input
+        total = prior * prior_rate + new * new_rate
+        return (total / _MTOK).quantize(_USD_STEP, rounding=ROUND_HALF_EVEN)

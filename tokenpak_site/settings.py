@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from budgets import declared
+from proxy.compression import recipes
 from tokenpak_site import conf, logs
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -31,6 +32,10 @@ try:
     STORE_PROMPTS = _cfg.get("telemetry.store_prompts")
     STATS_FOOTER = _cfg.get("telemetry.stats_footer")
     BUDGET_WEBHOOK_URL = _cfg.get("budget.webhook_url")
+    COMPRESSION_PROFILE = _cfg.get("compression.profile")
+    COMPRESSION_RECIPES_DIR = _cfg.get("compression.recipes_dir", str(TOKENPAK_HOME / "recipes"))
+    # Shipped and user recipes, checked now: a typo stops the start, naming file and rule.
+    COMPRESSION_RECIPES = recipes.load(Path(COMPRESSION_RECIPES_DIR))
     # config.yaml's budget block, checked now; serving processes write it into tp_budgets.
     BUDGETS_DECLARED = declared.parse(conf.load_yaml(TOKENPAK_HOME / "config.yaml").get("budget"))
     RETENTION_DAYS = _cfg.get("telemetry.retention_days")
@@ -45,7 +50,7 @@ try:
     SECRET_KEY = conf.secret_key(TOKENPAK_HOME) if TELEMETRY_ENABLED else secrets.token_urlsafe(50)
     if LOG_ENABLED and LOG_DESTINATION == "file":
         conf.ensure_home(TOKENPAK_HOME)
-except (conf.ConfigError, OSError) as e:
+except (conf.ConfigError, recipes.RecipeError, OSError) as e:
     sys.stderr.write(f"tokenpak: configuration error: {e}\n")
     raise SystemExit(2) from None
 
