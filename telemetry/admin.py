@@ -28,7 +28,15 @@ from import_export.forms import ExportForm
 from import_export.widgets import BooleanWidget, DecimalWidget, IntegerWidget
 
 from telemetry import exporting, reports
-from telemetry.models import Cost, Event, ModelPrice, PricingSource, Segment, Usage
+from telemetry.models import (
+    Cost,
+    Event,
+    ModelPrice,
+    PricingSource,
+    RecipeHit,
+    Segment,
+    Usage,
+)
 
 
 @admin.register(ModelPrice)
@@ -420,7 +428,7 @@ class UsageInline(ReadOnlyInline, admin.StackedInline):
         ("input_tokens", "output_tokens"),
         ("cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens", "cache_hit"),
         ("reasoning_tokens", "estimated"),
-        ("tokens_saved", "savings_pct"),
+        ("tokens_saved", "savings_pct", "saved_estimated"),
     )
 
 
@@ -435,6 +443,13 @@ class SegmentInline(ReadOnlyInline, admin.TabularInline):
     verbose_name = "segment (tp_segments)"
     verbose_name_plural = "segments (tp_segments)"
     fields = ("segment_type", "tokens_raw", "tokens_after")
+
+
+class RecipeHitInline(ReadOnlyInline, admin.TabularInline):
+    model = RecipeHit
+    verbose_name = "recipe fired (tp_recipe_hits)"
+    verbose_name_plural = "recipes fired (tp_recipe_hits)"
+    fields = ("recipe", "hits")
 
 
 @admin.register(Event)
@@ -463,7 +478,7 @@ class EventAdmin(ExportMixin, admin.ModelAdmin):
     paginator = LedgerPaginator
     show_full_result_count = False
     show_facets = admin.ShowFacets.ALLOW
-    inlines = (UsageInline, CostInline, SegmentInline)
+    inlines = (UsageInline, CostInline, SegmentInline, RecipeHitInline)
     fieldsets = (
         ("Request", {"fields": (
             ("trace_id", "request_id"), ("time", "created_at"), ("provider", "event_type"),

@@ -24,7 +24,7 @@ from telemetry import reports
 log = logging.getLogger("tokenpak.retention")
 
 # Children first: their foreign keys point at tp_events.
-CHILD_TABLES = ("tp_segments", "tp_usage", "tp_costs")
+CHILD_TABLES = ("tp_segments", "tp_recipe_hits", "tp_usage", "tp_costs")
 TABLES = (*CHILD_TABLES, "tp_events")
 
 # The server's first run comes a little after it starts (or after its first request, see

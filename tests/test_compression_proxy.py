@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from decimal import Decimal
 
@@ -174,7 +175,7 @@ def test_it_sends_history_byte_identical_when_the_conversation_grows(server, fak
     for k in (4, 6, 8, 10):
         client.chat.completions.create(model="gpt-4o", messages=turns[:k])
         bodies.append(sent(fake)["messages"])
-    for before, after in zip(bodies, bodies[1:], strict=False):
+    for before, after in itertools.pairwise(bodies):
         assert after[: len(before)] == before
     first_output = bodies[0][3]["content"]
     assert "[... " in first_output and " lines omitted ...]" in first_output

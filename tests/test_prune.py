@@ -16,7 +16,7 @@ from django.db import connection
 from django.db.models import F
 
 from telemetry import retention
-from telemetry.models import Cost, Event, Segment, Usage
+from telemetry.models import Cost, Event, RecipeHit, Segment, Usage
 from tests.live import ROOT
 
 DAY = 86400.0
@@ -31,18 +31,21 @@ def age(trace_ids: list[str], days: float) -> None:
 
 
 def add_segments(trace_ids: list[str]) -> None:
-    # Compression does not fill tp_segments yet; two rows per request, as it will.
+    # The test traffic has nothing to compress: two segment rows and one recipe hit each, as
+    # a compressed request has.
     Segment.objects.bulk_create(
         Segment(trace_id=t, segment_type=kind, tokens_raw=100, tokens_after=60)
         for t in trace_ids
-        for kind in ("system", "history")
+        for kind in ("json", "tool")
     )
+    RecipeHit.objects.bulk_create(RecipeHit(trace_id=t, recipe="json-minify", hits=1)
+                                  for t in trace_ids)
 
 
 def children(trace_ids: list[str] | None = None) -> dict[str, int]:
     """Child rows left (for these requests, or orphans: rows whose request is gone)."""
     counts = {}
-    for model in (Usage, Cost, Segment):
+    for model in (Usage, Cost, Segment, RecipeHit):
         qs = model.objects.all()
         if trace_ids is None:
             qs = qs.exclude(trace_id__in=Event.objects.values("trace_id"))
@@ -52,7 +55,7 @@ def children(trace_ids: list[str] | None = None) -> dict[str, int]:
     return counts
 
 
-NONE_LEFT = {"tp_usage": 0, "tp_costs": 0, "tp_segments": 0}
+NONE_LEFT = {"tp_usage": 0, "tp_costs": 0, "tp_segments": 0, "tp_recipe_hits": 0}
 
 
 @pytest.fixture
@@ -87,7 +90,8 @@ def test_it_deletes_requests_older_than_days_with_their_usage_cost_and_segments(
     assert left() == set(ledger["fresh"])
     assert children(ledger["40d"] + ledger["10d"]) == NONE_LEFT
     assert children() == NONE_LEFT  # no orphans anywhere
-    assert children(ledger["fresh"]) == {"tp_usage": 2, "tp_costs": 2, "tp_segments": 4}
+    assert children(ledger["fresh"]) == {"tp_usage": 2, "tp_costs": 2, "tp_segments": 4,
+                                          "tp_recipe_hits": 2}
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from telemetry.models import Cost, Event, ModelPrice, Segment, Usage
+from telemetry.models import Cost, Event, ModelPrice, RecipeHit, Segment, Usage
 from tests.test_prune import add_segments, age
 
 
@@ -40,11 +40,11 @@ def purge(**options: object) -> tuple[str, str]:
 
 
 def ledger_counts() -> dict[str, int]:
-    return {m._meta.db_table: m.objects.count() for m in (Event, Usage, Cost, Segment)}
+    return {m._meta.db_table: m.objects.count() for m in (Event, Usage, Cost, Segment, RecipeHit)}
 
 
-EMPTY = {"tp_events": 0, "tp_usage": 0, "tp_costs": 0, "tp_segments": 0}
-FULL = {"tp_events": 7, "tp_usage": 7, "tp_costs": 7, "tp_segments": 14}
+EMPTY = {"tp_events": 0, "tp_usage": 0, "tp_costs": 0, "tp_segments": 0, "tp_recipe_hits": 0}
+FULL = {"tp_events": 7, "tp_usage": 7, "tp_costs": 7, "tp_segments": 14, "tp_recipe_hits": 7}
 
 
 def kept_prices_and_users() -> bool:

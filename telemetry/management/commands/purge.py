@@ -1,4 +1,4 @@
-"""Delete all telemetry: every ledger row (tp_events, tp_usage, tp_costs, tp_segments).
+"""Delete all telemetry: every ledger row (tp_events and the rows that hang off it).
 
     python manage.py purge --telemetry          # asks first
     python manage.py purge --telemetry --yes    # scripts, cron: no question
@@ -19,7 +19,7 @@ from telemetry import reports, retention
 from telemetry.commandline import Progress, add_chunk, check_chunk
 from telemetry.models import Event
 
-WHAT = "deletes every ledger row (tp_events, tp_usage, tp_costs, tp_segments)"
+WHAT = "deletes every ledger row (tp_events, tp_usage, tp_costs, tp_segments, tp_recipe_hits)"
 
 
 class Command(BaseCommand):
