@@ -152,6 +152,8 @@ def fold_repeated_lines(text: str, r: Recipe, ctx: Context) -> tuple[str, int]:
 def drop_lines(text: str, r: Recipe, ctx: Context) -> tuple[str, int]:
     """Lines matching the pattern go; each run of them leaves the note once (if there is one)."""
     assert r.pattern is not None
+    if not r.pattern.search(text):  # the usual case, found in one scan
+        return text, 0
     lines = text.splitlines(keepends=True)
     out: list[str] = []
     hits = 0

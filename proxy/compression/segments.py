@@ -16,12 +16,17 @@ _FENCE = re.compile(r"^([ \t]*)(`{3,}|~{3,})([^\n`]*)\n.*?^\1\2[ \t]*(?:\n|\Z)",
 # Editor views and `cat -n`: "1457:    code" or "  12|code" or "  12\tcode".
 _NUMBERED = re.compile(r"^[ \t]*\d+(?::|\||\t)")
 # What tells output from writing: prompts, log levels, timestamps, tracebacks, progress meters.
+# Both are counted over a whole text at once (re.M): one scan in C instead of one per line.
 _OUTPUT_LINE = re.compile(
-    r"^\S*[$#>] ?$|^\(\w[^)]*: [^)]*\)$|\b(?:ERROR|WARN(?:ING)?|INFO|DEBUG|FATAL)\b"
-    r"|^\d{4}-\d\d-\d\d[ T]\d\d:\d\d|^Traceback |^\s+File \"|^\s*%\s+Total|^\s*\d+\s+\d+\s+\d+"
-    r"|^[-rwxdls]{10}\s|^\s*at \S+\(|^[<{\[]"
+    r"^(?:\S*[$#>] ?$|\(\w[^)\n]*: [^)\n]*\)$|\d{4}-\d\d-\d\d[ T]\d\d:\d\d|Traceback "
+    r"|[ \t]+File \"|[ \t]*%[ \t]+Total|[ \t]*\d+[ \t]+\d+[ \t]+\d+|[-rwxdls]{10}[ \t]"
+    r"|[ \t]*at \S+\(|[<{\[]|[ \t]*\d+(?::|\||\t)"
+    r"|[^\n]*\b(?:ERROR|WARN(?:ING)?|INFO|DEBUG|FATAL)\b)",
+    re.M,
 )
-_SENTENCE = re.compile(r"[A-Za-z][a-z]+(?: [A-Za-z'’,()-]+){3,}[.?!:]?[\"')]*\s*$")
+# A line of writing: starts with a word, runs on for a while, ends like a sentence.
+_SENTENCE = re.compile(r"^[ \t]*[\"'(*_]?[A-Za-z][a-z]*[ ,][^\n]{16,}[.?!:][\"')*_]*[ \t]*$", re.M)
+_SAMPLE = 8192  # what a text is decided on; long outputs do not change character halfway
 _MARKDOWN = re.compile(r"^(?:#{1,6} |\s*(?:[-*+]|\d+\.) \S|\|.*\|\s*$|> )")
 
 
@@ -63,7 +68,7 @@ def _unfenced(text: str, tool: bool) -> list[tuple[str, str]]:
     if _is_json(text):
         return [(JSON, text)]
     lines = text.splitlines(keepends=True)
-    kind = TOOL if tool or _looks_like_output(lines) else _writing_kind(lines)
+    kind = TOOL if tool or _looks_like_output(text) else _writing_kind(lines)
     if kind != TOOL:
         return [(kind, text)]
     # Numbered file views inside tool output are code: their indentation is never touched.
@@ -82,13 +87,14 @@ def _unfenced(text: str, tool: bool) -> list[tuple[str, str]]:
     return out
 
 
-def _looks_like_output(lines: list[str]) -> bool:
-    body = [line for line in lines if line.strip()]
-    if len(body) < 3:
+def _looks_like_output(text: str) -> bool:
+    sample = text[:_SAMPLE]
+    body = len(sample.split("\n")) - sample.count("\n\n")  # roughly: lines with something on
+    if body < 3:
         return False
-    output = sum(1 for line in body if _OUTPUT_LINE.search(line) or _NUMBERED.match(line))
-    sentences = sum(1 for line in body if _SENTENCE.search(line))
-    return output * 4 >= len(body) and sentences * 2 < len(body)
+    output = len(_OUTPUT_LINE.findall(sample))
+    sentences = len(_SENTENCE.findall(sample))
+    return output * 4 >= body and sentences * 2 < body
 
 
 def _writing_kind(lines: list[str]) -> str:
