@@ -35,7 +35,10 @@ text is counted: no per-message framing, tools or output):
   its own (Anthropic looks back at most 20 blocks from the breakpoint) at cache_read, and pays
   cache_write for the rest. A request under the minimum is not cached: all at the input price.
 - OpenAI: the longest run of leading messages identical to an earlier request is cached if at
-  least 1,024 tokens, in steps of 128 tokens, at cache_read; the rest at the input price.
+  least 1,024 tokens, in steps of 128 tokens, at cache_read; the rest at the input price. A
+  request counts as costlier only if it is costlier with that prefix cached to the token: where
+  a 128-token step falls moves either side's bill by up to 127 tokens at random, and the
+  requests that only that made dearer are counted and shown on a line of their own.
 
 Net billed saving = 1 − cost after / cost before. Targets (--check exits 1 when one is missed,
 otherwise the exit status is 0): safe only reports; balanced ≥ 10 % and aggressive ≥ 20 % net
@@ -129,7 +132,9 @@ def anthropic_bills(requests: Sequence[Request], rates: Rates) -> list[Bill]:
     return bills
 
 
-def openai_bills(requests: Sequence[Request], rates: Rates) -> list[Bill]:
+def openai_bills(
+    requests: Sequence[Request], rates: Rates, step: int = OPENAI_CACHE_STEP
+) -> list[Bill]:
     """OpenAI prompt caching over a conversation's requests, in order (module docstring)."""
     bills = []
     for k, request in enumerate(requests):
@@ -144,8 +149,7 @@ def openai_bills(requests: Sequence[Request], rates: Rates) -> list[Bill]:
             common = max(common, tokens)
         cached = 0
         if common >= OPENAI_MIN_CACHE:
-            cached = OPENAI_MIN_CACHE + (common - OPENAI_MIN_CACHE) // OPENAI_CACHE_STEP * (
-                OPENAI_CACHE_STEP)
+            cached = OPENAI_MIN_CACHE + (common - OPENAI_MIN_CACHE) // step * step
         cost = (cached * rates.cache_read + (total - cached) * rates.input) / _MTOK
         bills.append(Bill(cost, cached, total))
     return bills
@@ -190,6 +194,8 @@ class Tally:
     stable: int = 0
     costlier_anthropic: int = 0
     costlier_openai: int = 0
+    step_only: int = 0  # OpenAI requests dearer only because of where a 128-token step fell
+    step_extra: Decimal = Decimal(0)
     bytes: int = 0  # message text of every request, UTF-8
 
     def add(self, other: Tally) -> None:
@@ -313,8 +319,18 @@ def replay(
         b_bills, a_bills = bills(before, rate), bills(after, rate)
         setattr(t, f"{provider}_before", sum((b.cost for b in b_bills), Decimal(0)))
         setattr(t, f"{provider}_after", sum((b.cost for b in a_bills), Decimal(0)))
+        # OpenAI caches in 128-token steps: a shorter history can end just below a step and
+        # lose up to 127 cached tokens, or just above one and gain them, at random. That is
+        # where the step falls, not what compression did (the baseline rounds the same way):
+        # the $ columns include it, and a request counts as costlier only if it is costlier
+        # with the prefix cached to the token.
+        exact = ((openai_bills(before, rate, 1), openai_bills(after, rate, 1))
+                 if provider == "openai" else (b_bills, a_bills))
         for k, (b, a) in enumerate(zip(b_bills, a_bills, strict=True)):
-            if a.cost > b.cost:
+            if a.cost > b.cost and exact[1][k].cost <= exact[0][k].cost:
+                t.step_only += 1
+                t.step_extra += a.cost - b.cost
+            if exact[1][k].cost > exact[0][k].cost:
                 setattr(t, f"costlier_{provider}", getattr(t, f"costlier_{provider}") + 1)
                 unstable = k > 0 and [x for x, _ in after[k][: len(after[k - 1])]] != [
                     x for x, _ in after[k - 1]]
@@ -462,6 +478,11 @@ def render(result: ProfileResult) -> str:
             lines.append(f"unstable prefix: {f.name}: {len(f.unstable) - 3} more")
         if f.input_mutated:
             lines.append(f"compress() changed the caller's messages: {f.name}")
+    if result.total.step_only:
+        lines.append(f"OpenAI 128-token cache steps: {result.total.step_only} requests cost "
+                     f"${result.total.step_extra:.6f} more in all than uncompressed only because "
+                     f"their shorter history ended below a step (included in the $ columns; "
+                     f"not counted as costlier)")
     for provider in ("anthropic", "openai"):
         costlier = [c for f in result.files for c in f.costlier if c.provider == provider]
         if costlier:

@@ -88,7 +88,8 @@ class Recipe:
 
 # --- actions ----------------------------------------------------------------------------------
 
-_TRAILING = re.compile(r"[ \t]+(?=\r?\n|\Z)")
+# The lookbehind starts a match only at the first blank of a run: linear on long blank runs.
+_TRAILING = re.compile(r"(?<![ \t])[ \t]+(?=\r?\n|\Z)")
 _BLANKS = re.compile(r"\n(?:[ \t]*\r?\n){2,}")
 _JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[ \t\r\n]+')
 _NUMBER = re.compile(r"^\s*(\d+)[:|\t]")
@@ -201,7 +202,8 @@ def fold_repeated_match(text: str, r: Recipe, ctx: Context) -> tuple[str, int]:
 def refer_seen_lines(text: str, r: Recipe, ctx: Context) -> tuple[str, int]:
     """Runs of at least min_lines lines that an earlier message already showed, in the same
     order, become one line saying where they are. Kept lines are left exactly as they were."""
-    lines = text.split("\n")
+    body, newline = _split_end(text)
+    lines = body.split("\n")
     if len(lines) < r.min_lines:
         return text, 0
     windows = ctx.state.windows
@@ -226,7 +228,12 @@ def refer_seen_lines(text: str, r: Recipe, ctx: Context) -> tuple[str, int]:
         else:
             out.append(lines[k])
             k += 1
-    return ("\n".join(out), hits) if hits else (text, 0)
+    return ("\n".join(out) + newline, hits) if hits else (text, 0)
+
+
+def _split_end(text: str) -> tuple[str, str]:
+    """The text without its final newline, and that newline: lines, not an empty last one."""
+    return (text[:-1], "\n") if text.endswith("\n") else (text, "")
 
 
 def _reference(first: str, last: str, n: int, message: int) -> str:
@@ -242,7 +249,7 @@ def _window_key(lines: list[str], k: int) -> int:
 
 def index_lines(text: str, ctx: Context) -> None:
     """Remember every WINDOW-line stretch of what this message shows, for later messages."""
-    lines = text.split("\n")
+    lines = _split_end(text)[0].split("\n")
     windows = ctx.state.windows
     for k in range(len(lines) - WINDOW + 1):
         chunk = lines[k : k + WINDOW]
