@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import httpx
@@ -22,7 +23,7 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
 from budgets import guard
 from budgets.guard import Verdict
-from proxy import compression, footer, upstream
+from proxy import answers, compression, footer, upstream
 from proxy.providers import OPENAI, Provider, StreamTap
 from proxy.sse import EventSplitter
 from telemetry.ledger import Record, new_trace_id, record
@@ -101,6 +102,9 @@ async def forward(request: HttpRequest, route: Route) -> HttpResponse:
     except RequestDataTooBig:
         limit = settings.MAX_BODY_BYTES // (1024 * 1024)
         return _refuse(rec, provider, 413, f"Request body is larger than {limit} MB.")
+    if route.billable and body:  # a debug capture may keep it: references, no copies
+        rec.method, rec.path, rec.headers = request.method or "", request.get_full_path(), headers
+        rec.original_body = body
 
     payload: Any = None
     # Chat and messages only take JSON, whatever a hand-written curl says its body is.
@@ -131,6 +135,8 @@ async def forward(request: HttpRequest, route: Route) -> HttpResponse:
     if route.billable:
         verdict = await guard.check(rec, payload, len(body))
         rec.held = verdict.held
+        if verdict.action:
+            rec.route_note = _route_note(rec, verdict)
         if verdict.blocked:
             return _blocked(rec, provider, verdict)
         if verdict.route_to:
@@ -163,6 +169,7 @@ async def forward(request: HttpRequest, route: Route) -> HttpResponse:
                     rec.compression.footer_figures, rec.sent_model
                 )
             footer_text = await footer.text_for(rec, provider.name)
+        rec.sent_body = body
         upstream_request = client.build_request(
             request.method or "POST", url, headers=headers, content=body or None
         )
@@ -192,6 +199,7 @@ async def forward(request: HttpRequest, route: Route) -> HttpResponse:
         )
 
     answer = _loads(data) if "json" in response.headers.get("content-type", "") else None
+    rec.answer = partial(answers.text, data)  # the provider's own words, before any footer
     if response.is_success:
         if route.billable:
             rec.usage = provider.usage_from_body(answer)
@@ -258,6 +266,7 @@ async def _relay(
             rec.usage = tap.usage
         if stored is not None:
             rec.response_body = b"".join(stored).decode("utf-8", "replace")
+        rec.answer = partial(answers.of_events, tap.seen)
         rec.finish(status, error_class=error_class)
         record(rec)
 
@@ -282,6 +291,16 @@ def _upstream_headers(request: HttpRequest, rec: Record) -> list[tuple[str, str]
         elif name not in _DROP_REQUEST:
             headers.append((name, raw_value.decode("latin-1")))
     return headers
+
+
+def _route_note(rec: Record, verdict: Verdict) -> str:
+    """What an exceeded budget did to the request, as a debug capture shows it."""
+    over = f"over the {verdict.decider.summary()}" if verdict.decider else "over budget"
+    if verdict.blocked:
+        return f"blocked: {over}"
+    if verdict.route_to:
+        return f"routed {rec.requested_model} → {verdict.route_to}: {over}"
+    return f"sent as requested: {over}"
 
 
 def _client_headers(response: httpx.Response, rec: Record, verdict: Verdict) -> dict[str, str]:

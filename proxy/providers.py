@@ -136,7 +136,7 @@ class AnthropicTap(StreamTap):
 
     def read(self, raw: bytes) -> bytes:
         name, data = parse_event(raw)
-        if name == "content_block_delta":
+        if name in ("content_block_delta", "content_block_start"):  # start: a tool call's name
             self.seen.append(data)
         elif name == "message_start":
             payload = _json(data)

@@ -23,7 +23,7 @@ from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection, transaction
 
 from budgets import guard
-from telemetry import pricing, retention
+from telemetry import captures, pricing, retention
 from telemetry.models import (
     NANO,
     Cost,
@@ -84,6 +84,16 @@ class Record:
     tokens_saved: int = 0
     # Budget holds were taken for this request: the writer drops them when the row lands.
     held: bool = False
+    # For a debug capture (telemetry.captures): references to what the request path holds
+    # anyway, copied only for a request the writer captures. `headers` are as forwarded,
+    # credentials included: only captures.safe_headers() may turn them into anything stored.
+    method: str = ""
+    path: str = ""  # with the query string
+    headers: list[tuple[str, str]] | None = None
+    original_body: bytes = b""  # set only for requests worth capturing (billable, with a body)
+    sent_body: bytes | None = None  # what went upstream after compression; None: nothing did
+    route_note: str = ""  # what a budget did to it; empty: nothing
+    answer: Callable[[], str] | None = None  # the answer's text, made only for a capture
 
     def finish(self, status: str, *, error_class: str = "") -> None:
         self.status = status
@@ -171,6 +181,7 @@ class LedgerWriter:
                         RecipeHit.objects.bulk_create(fired)
                     # Budget spend moves with the rows, in the same transaction.
                     grown = guard.settle(batch, events)
+                    captures.take(batch)
                 break
             except DatabaseError as e:
                 writer_log.error(

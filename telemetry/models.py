@@ -160,6 +160,44 @@ class RecipeHit(models.Model):
         indexes = [models.Index(fields=["recipe"], name="tp_recipe_hits_recipe")]
 
 
+class DebugSwitch(models.Model):
+    """`debug on --requests N`: how many of the next requests the ledger writer captures whole.
+
+    One row (id 1). The writer takes from `remaining` in the transaction that writes the
+    captures, so processes sharing a ledger never capture more than N between them.
+    """
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    remaining = models.IntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "tp_debug"
+
+
+class Capture(models.Model):
+    """One request captured whole (`debug on`): enough to show it (`trace`) and send it again
+    (`replay`). Credentials never: headers and query parameters that carry one are dropped."""
+
+    trace = models.OneToOneField(
+        Event, primary_key=True, db_column="trace_id", on_delete=models.CASCADE,
+        related_name="capture",
+    )
+    method = models.CharField(max_length=8, default="POST")
+    path = models.CharField(max_length=1024)  # TokenPak's path as the client called it, query too
+    headers = models.JSONField(default=list)  # [[name, value], …] as forwarded upstream
+    original_body = models.TextField()  # as the client sent it
+    sent_body = models.TextField(null=True, blank=True)  # after compression; NULL: not sent
+    profile = models.CharField(max_length=16, blank=True, default="")  # compression profile
+    stages = models.JSONField(default=list)  # [[stage, milliseconds], …]
+    recipes = models.JSONField(default=dict)  # recipe name → times it fired
+    route_note = models.CharField(max_length=512, blank=True, default="")  # the budget's say
+    response_text = models.TextField(blank=True, default="")  # the answer's text, or the error
+
+    class Meta:
+        db_table = "tp_captures"
+
+
 PRICE = {"max_digits": 14, "decimal_places": 6}
 
 

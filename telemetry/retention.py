@@ -24,7 +24,7 @@ from telemetry import reports
 log = logging.getLogger("tokenpak.retention")
 
 # Children first: their foreign keys point at tp_events.
-CHILD_TABLES = ("tp_segments", "tp_recipe_hits", "tp_usage", "tp_costs")
+CHILD_TABLES = ("tp_segments", "tp_recipe_hits", "tp_captures", "tp_usage", "tp_costs")
 TABLES = (*CHILD_TABLES, "tp_events")
 
 # The server's first run comes a little after it starts (or after its first request, see
@@ -55,7 +55,8 @@ def prune(
     progress: Progress | None = None,
     pause: float = 0.0,
 ) -> int:
-    """Delete every request older than `before` with its usage, cost and segment rows.
+    """Delete every request older than `before` with its usage, cost, segment, recipe hit and
+    capture rows.
 
     Returns how many requests were deleted (or would be, with dry_run). `progress(done, total)`
     is called after each chunk; `pause` seconds are slept between chunks.
@@ -68,7 +69,7 @@ def prune(
 
 
 def purge_all(*, chunk: int = 10_000, progress: Progress | None = None) -> int:
-    """Delete every ledger row (tp_segments, tp_usage, tp_costs, tp_events); returns how many
+    """Delete every ledger row (tp_events and its children, CHILD_TABLES); returns how many
     requests were deleted. Prices (tp_pricing), budgets, settings and users are not touched;
     budgets' spend counters go with the rows they summed (the next request re-reads them from
     the ledger), so `budget status` and `cost` keep agreeing.
@@ -177,6 +178,14 @@ def start() -> None:
     threading.Thread(
         target=_daily, args=(days,), name="tokenpak-retention", daemon=True
     ).start()
+
+
+def stay_off() -> None:
+    """For a command that sends a request through the proxy in its own process (`replay`): its
+    ledger writer must not start the daily run, which belongs to serving processes."""
+    global _started
+    with _start_lock:
+        _started = True
 
 
 def _daily(days: int) -> None:

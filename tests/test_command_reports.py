@@ -78,6 +78,45 @@ def test_it_traces_the_last_request_and_one_by_id(traffic):
         assert label in text
     assert "raw 3,000 → compressed 3,000" in text
     assert "catalog price of gpt-4o-mini" in text
+    assert data["capture"] is None and "Captured:" not in text  # no `debug on`, no capture
+
+
+def test_it_traces_what_debug_captured_after_the_ledger_figures(server, fake, rows):
+    from tests.test_command_debug import CONVERSATION, chat
+
+    run("debug", "on", "--requests", "1")
+    trace_id = chat(server, **{"x-fake-text": "The upstream refused it."})
+    [event] = rows(1)
+    text = run("trace", "--last")
+    c = json.loads(run("trace", "--id", trace_id, "--json"))["capture"]
+    assert (c["method"], c["path"], c["route"], c["profile"]) == (
+        "POST", "/v1/chat/completions", "sent as requested", "safe")
+    assert json.loads(c["original_body"])["messages"] == CONVERSATION
+    assert c["sent_body"].encode() == fake.log[0].body
+    assert c["recipes"] == {"blank-lines": 1, "repeat-output": 1, "trailing-whitespace": 1}
+    assert {s["stage"] for s in c["stages"]} <= {"reuse", "dedup", "segmentize", "recipes"}
+    assert c["response_text"] == "The upstream refused it."
+    assert ["authorization"] not in [h[:1] for h in c["headers"]]
+
+    lines = text.splitlines()
+    assert lines[0] == f"Trace:      {trace_id} (provider request {event.request_id})"
+    at = lines.index("Captured:   POST /v1/chat/completions (debug capture; replay it with "
+                     "`replay ID`)")
+    assert [line[:12] for line in lines[:at]] == [
+        "Trace:      ", "Model:      ", "Time:       ", "Status:     ", "Duration:   ",
+        "Pipeline:   ", "Tokens:     ", "Cache:      ", "Cost:       "]
+    original, sent = len(c["original_body"].encode()), len(c["sent_body"].encode())
+    assert lines[at + 1:] == [
+        "Route:      sent as requested",
+        "Profile:    safe: " + " → ".join(f"{s['stage']} {s['ms']:.2f} ms" for s in c["stages"]),
+        "Recipes:    blank-lines ×1, repeat-output ×1, trailing-whitespace ×1",
+        "Headers:    " + ", ".join(h[0] for h in c["headers"]) + " (credentials are never kept)",
+        f"Original:   {original:,} bytes as the client sent them",
+        c["original_body"],
+        f"Sent:       {sent:,} bytes upstream ({100 * (sent - original) / original:+.1f}%)",
+        c["sent_body"],
+        "Answer:     The upstream refused it.",
+    ]
 
 
 def test_it_refuses_an_unknown_trace_and_an_empty_ledger(db):

@@ -7,11 +7,12 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from telemetry import reports
 from telemetry.commandline import telemetry_off
-from telemetry.models import Cost, Event, Usage
+from telemetry.models import Capture, Cost, Event, Usage
 
 
 class Command(BaseCommand):
-    help = "One request in full: model, timing, status, tokens, what was saved, what it cost."
+    help = ("One request in full: model, timing, status, tokens, what was saved, what it cost; "
+            "for a request `debug on` captured, also its bodies, recipes, stages and routing.")
 
     def add_arguments(self, parser: CommandParser) -> None:
         which = parser.add_mutually_exclusive_group(required=True)
@@ -22,7 +23,8 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if telemetry_off(self, options["json"]):
             return
-        qs = Event.objects.select_related("usage", "cost").prefetch_related("segments")
+        qs = Event.objects.select_related("usage", "cost", "capture").prefetch_related(
+            "segments")
         if options["last"]:
             event = qs.order_by("-ts").first()
             if event is None:
@@ -74,6 +76,23 @@ def trace(event: Event) -> dict[str, Any]:
         "cost_saved_usd": str(reports.usd(event.saved_nano_usd)),
         "pricing_source": cost.pricing_source,
         "priced_as": cost.priced_as,
+        "capture": captured(capture) if (capture := getattr(event, "capture", None)) else None,
+    }
+
+
+def captured(c: Capture) -> dict[str, Any]:
+    """What `debug on` kept of the request; the figures are the ledger's, above."""
+    return {
+        "method": c.method,
+        "path": c.path,
+        "headers": c.headers,
+        "route": c.route_note,
+        "profile": c.profile,
+        "stages": [{"stage": stage, "ms": ms} for stage, ms in c.stages],
+        "recipes": c.recipes,
+        "original_body": c.original_body,
+        "sent_body": c.sent_body,
+        "response_text": c.response_text,
     }
 
 
@@ -108,4 +127,38 @@ def layout(d: dict[str, Any]) -> list[tuple[str, str]]:
     ]
     if who:
         lines.insert(3, ("Who", who))
+    if d.get("capture"):
+        lines += capture_layout(d["capture"])
     return lines
+
+
+def capture_layout(c: dict[str, Any]) -> list[tuple[str, str]]:
+    """A captured request's detail; bodies and answer whole, each below its own label."""
+    stages = " → ".join(f"{s['stage']} {s['ms']:.2f} ms" for s in c["stages"])
+    if stages:
+        profile = f"{c['profile']}: {stages}"
+    elif c["profile"]:
+        profile = c["profile"] if c["profile"] == "off" else f"{c['profile']}: nothing to compress"
+    else:
+        profile = "not run (not a conversation TokenPak compresses)"
+    fired = ", ".join(f"{name} ×{n}" for name, n in sorted(c["recipes"].items()))
+    original = c["original_body"].encode()
+    if c["sent_body"] is None:
+        sent = "nothing went upstream"
+    elif c["sent_body"] == c["original_body"]:
+        sent = "unchanged"
+    else:
+        size = len(c["sent_body"].encode())
+        change = 100.0 * (size - len(original)) / len(original) if original else 0.0
+        sent = f"{size:,} bytes upstream ({change:+.1f}%)\n{c['sent_body']}"
+    return [
+        ("Captured", f"{c['method']} {c['path']} (debug capture; replay it with `replay ID`)"),
+        ("Route", c["route"]),
+        ("Profile", profile),
+        ("Recipes", fired or "none fired"),
+        ("Headers", (", ".join(name for name, _ in c["headers"]) or "none")
+         + " (credentials are never kept)"),
+        ("Original", f"{len(original):,} bytes as the client sent them\n{c['original_body']}"),
+        ("Sent", sent),
+        ("Answer", c["response_text"] or "(none)"),
+    ]
