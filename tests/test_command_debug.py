@@ -29,8 +29,9 @@ PLANTED = "DEBUGKEY"
 
 LOG = "\n".join(["2026-01-01 12:00:00 ERROR upstream connection refused, retrying"] * 8)
 DOC = ("TokenPak keeps one ledger row per request and never stores an API key. " * 6).strip()
-# What the default profile (safe) changes: trailing spaces, a run of blank lines, and a
-# ≥300-character text an earlier message carried, which becomes a reference to it.
+# What the default profile (safe) changes: eight identical log lines folded to one and a count,
+# trailing spaces, a run of blank lines, and a ≥300-character text an earlier message carried,
+# which becomes a reference to it.
 CONVERSATION = [
     {"role": "user", "content": f"Here is the build log:\n{LOG}\n\n\n\nWhat failed?   "},
     {"role": "assistant", "content": "The upstream refused the connection."},
@@ -85,9 +86,12 @@ def test_it_captures_the_next_n_requests_whole_and_no_more(server, fake, rows):
         assert c.sent_body != c.original_body
         sent = json.loads(c.sent_body)["messages"][-5:]
         assert sent[4]["content"].startswith("[TokenPak: identical to the text in message")
-        assert sent[0]["content"].endswith(f"{LOG}\n\nWhat failed?")
+        assert sent[0]["content"] == (
+            "Here is the build log:\n" + LOG.split("\n")[0]
+            + "\n[previous line repeated 7 more times]\n\nWhat failed?")
         assert (c.method, c.path, c.profile) == ("POST", "/v1/chat/completions", "safe")
-        assert c.recipes == {"trailing-whitespace": 1, "blank-lines": 1, "repeat-output": 1}
+        assert c.recipes == {"trailing-whitespace": 1, "blank-lines": 1, "repeat-output": 1,
+                             "repeated-log-lines": 1}
         assert c.recipes == {h.recipe: h.hits for h in RecipeHit.objects.filter(trace_id=trace_id)}
         assert all(ms >= 0 for _, ms in c.stages)
         assert c.route_note == "sent as requested"

@@ -77,6 +77,7 @@ def test_it_traces_the_last_request_and_one_by_id(traffic):
     for label in ("Model:", "Time:", "Status:", "Duration:", "Pipeline:", "Tokens:", "Cost:"):
         assert label in text
     assert "raw 3,000 → compressed 3,000" in text
+    assert "Pipeline:   forward → ledger" in text  # nothing to compress in the test traffic
     assert "catalog price of gpt-4o-mini" in text
     assert data["capture"] is None and "Captured:" not in text  # no `debug on`, no capture
 
@@ -93,9 +94,16 @@ def test_it_traces_what_debug_captured_after_the_ledger_figures(server, fake, ro
         "POST", "/v1/chat/completions", "sent as requested", "safe")
     assert json.loads(c["original_body"])["messages"] == CONVERSATION
     assert c["sent_body"].encode() == fake.log[0].body
-    assert c["recipes"] == {"blank-lines": 1, "repeat-output": 1, "trailing-whitespace": 1}
+    assert c["recipes"] == {"blank-lines": 1, "repeat-output": 1, "repeated-log-lines": 1,
+                            "trailing-whitespace": 1}
     assert {s["stage"] for s in c["stages"]} <= {"reuse", "dedup", "segmentize", "recipes"}
     assert c["response_text"] == "The upstream refused it."
+    pipeline = next(line for line in text.splitlines() if line.startswith("Pipeline:"))
+    segments = json.loads(run("trace", "--id", trace_id, "--json"))["segments"]
+    assert pipeline == "Pipeline:   compress (" + ", ".join(
+        f"{k} {v['raw']:,}→{v['after']:,}" for k, v in sorted(segments.items())
+    ) + ") → forward → ledger"
+    assert sum(v["raw"] - v["after"] for v in segments.values()) == event.tokens_saved > 0
     assert ["authorization"] not in [h[:1] for h in c["headers"]]
 
     lines = text.splitlines()
@@ -109,7 +117,8 @@ def test_it_traces_what_debug_captured_after_the_ledger_figures(server, fake, ro
     assert lines[at + 1:] == [
         "Route:      sent as requested",
         "Profile:    safe: " + " → ".join(f"{s['stage']} {s['ms']:.2f} ms" for s in c["stages"]),
-        "Recipes:    blank-lines ×1, repeat-output ×1, trailing-whitespace ×1",
+        "Recipes:    blank-lines ×1, repeat-output ×1, repeated-log-lines ×1, "
+        "trailing-whitespace ×1",
         "Headers:    " + ", ".join(h[0] for h in c["headers"]) + " (credentials are never kept)",
         f"Original:   {original:,} bytes as the client sent them",
         c["original_body"],

@@ -62,7 +62,9 @@ def trace(event: Event) -> dict[str, Any]:
         "stream": event.stream,
         "duration_ms": event.duration_ms,
         "ttfb_ms": event.ttfb_ms,
-        "stages": [s.segment_type for s in event.segments.all()],
+        # Per segment type, tokens before and after compression (tp_segments).
+        "segments": {s.segment_type: {"raw": s.tokens_raw, "after": s.tokens_after}
+                     for s in event.segments.all()},
         "tokens_raw": raw,
         "tokens_compressed": event.input_tokens,
         "tokens_saved": event.tokens_saved,
@@ -117,7 +119,9 @@ def layout(d: dict[str, Any]) -> list[tuple[str, str]]:
         ("Time", d["time"]),
         ("Status", f"{status} ({http}{', stream' if d['stream'] else ''})"),
         ("Duration", f"{d['duration_ms']:.1f} ms{ttfb}"),
-        ("Pipeline", " → ".join(["forward", *d["stages"], "ledger"])),
+        ("Pipeline", " → ".join([*(["compress (" + ", ".join(
+            f"{kind} {seg['raw']:,}→{seg['after']:,}" for kind, seg in sorted(
+                d["segments"].items())) + ")"] if d["segments"] else []), "forward", "ledger"])),
         ("Tokens", f"raw {d['tokens_raw']:,} → compressed {d['tokens_compressed']:,}, "
                    f"saved {d['tokens_saved']:,} ({d['savings_pct']:.1f}%) | "
                    f"output {d['output_tokens']:,}{estimated}"),
