@@ -147,7 +147,9 @@ def _compress(
     slots_of = _anthropic_slots if provider == "anthropic" else _openai_slots
     timer = _Timer()
     t = time.perf_counter()
-    chain = hash((profile, _version))
+    # The provider is part of the key: the same messages have different text slots in each
+    # shape (tool_result blocks are Anthropic's, role tool is OpenAI's).
+    chain = hash((provider, profile, _version))
     chains: list[int] = []
     nodes: list[_Node] = []
     state: State | None = None
