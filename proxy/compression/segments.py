@@ -44,7 +44,9 @@ def segmentize(text: str, tool: bool) -> list[tuple[str, str]]:
 
 
 def _fenced_json(block: str) -> bool:
-    body = block.split("\n", 1)[1].rsplit("\n", 2)[0] if "\n" in block else ""
+    # The lines between the opening line and the closing fence, whether or not a newline
+    # follows the fence (a message often ends right after it).
+    body = block.split("\n", 1)[1].rstrip("\n").rpartition("\n")[0] if "\n" in block else ""
     return _is_json(body)
 
 
