@@ -276,10 +276,31 @@ def head_tail(text: str, r: Recipe, ctx: Context) -> tuple[str, int]:
         if end - k < 3:  # a note would cost about what it saves
             out.extend(lines[k:end])
         else:
-            out.append(f"[... {end - k} lines omitted ...]")
+            omitted = sum(_stands_for(line) for line in lines[k:end])
+            out.append(f"[... {omitted} lines omitted ...]")
         k = end
     result = "\n".join(out)
     return (result, 1) if result != text else (text, 0)
+
+
+# Notes an earlier rule wrote in place of several lines (an earlier head_tail's gap, a folded
+# run, lines shown before): a gap that swallows one counts the lines it stood for, so a cut of a
+# cut says how much of the original output is missing, not how many lines of the first cut.
+_NOTE = re.compile(
+    r"^\[(?:\.\.\. (\d+) lines omitted \.\.\.|previous line repeated (\d+) more times"
+    r"|(\d+) lines as shown in message \d+ above"
+    r"|lines (\d+)-(\d+) as shown in message \d+ above)\]$"
+)
+
+
+def _stands_for(line: str) -> int:
+    m = _NOTE.match(line)
+    if m is None:
+        return 1
+    omitted, repeated, shown, first, last = m.groups()
+    if first is not None:
+        return max(1, int(last) - int(first) + 1)
+    return int(omitted or repeated or shown)
 
 
 @dataclass(frozen=True)
