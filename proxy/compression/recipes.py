@@ -347,7 +347,13 @@ def load(user_dir: Path | None) -> list[Recipe]:
 def read_file(path: Path) -> list[Recipe | str]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+    except yaml.YAMLError as e:
+        # str(e) spans several lines; the start refuses with one (as config.yaml's errors do).
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise RecipeError(f"{path}: not valid YAML{at} ({problem})") from None
+    except (OSError, UnicodeDecodeError) as e:
         raise RecipeError(f"{path}: cannot read recipes ({e})") from None
     if data is None:
         return []
