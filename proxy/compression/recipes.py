@@ -421,6 +421,12 @@ def parse(item: Any, where: str) -> Recipe | str:
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 100000:
                 raise RecipeError(f"{where}: '{key}' must be a whole number from 0 to 100000")
             fields[key] = value
+    if action == "replace" and "pattern" in fields:
+        try:  # checked now: a bad template (\2 with one group, \q) fails only when it matches
+            _empty_match(fields["pattern"]).expand(fields.get("replacement", ""))
+        except (re.error, IndexError) as e:
+            raise RecipeError(f"{where}: 'with' is not a valid replacement for the pattern: {e}"
+                              ) from None
     if action == "refer_seen_lines" and fields.get("min_lines", 3) < WINDOW:
         raise RecipeError(f"{where}: refer_seen_lines needs min_lines of at least {WINDOW}")
     if action == "head_tail" and fields.get("head", 0) + fields.get("tail", 0) >= fields[
@@ -428,3 +434,14 @@ def parse(item: Any, where: str) -> Recipe | str:
         raise RecipeError(f"{where}: head + tail must be less than max_lines")
     return Recipe(name=name, profile=profile, segments=tuple(segments), action=action,
                   source=str(where.rsplit(" (", 1)[0]), **fields)
+
+
+def _empty_match(pattern: re.Pattern[str]) -> re.Match[str]:
+    """A match with the same groups (numbers and names) as `pattern` would have: it expands a
+    replacement template exactly as a real match of `pattern` does."""
+    names = {number: name for name, number in pattern.groupindex.items()}
+    same_groups = re.compile("".join(f"(?P<{names[n]}>)" if n in names else "()"
+                                     for n in range(1, pattern.groups + 1)))
+    match = same_groups.match("")
+    assert match is not None  # empty groups match the empty string
+    return match
