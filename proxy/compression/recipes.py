@@ -338,6 +338,10 @@ def load(user_dir: Path | None) -> list[Recipe]:
     for path in files:
         for recipe in read_file(path):
             if isinstance(recipe, str):  # disabled
+                if recipe not in rules:  # a misspelt name would leave the rule it meant firing
+                    known = ", ".join(name for name, rule in rules.items() if rule is not None)
+                    raise RecipeError(f"{path} (recipe {recipe!r}): enabled: false names no "
+                                      f"shipped or earlier rule; known: {known}")
                 rules[recipe] = None
             else:
                 rules[recipe.name] = recipe
