@@ -12,7 +12,16 @@ import re
 CODE, JSON, MARKDOWN, TOOL, PROSE = "code", "json", "markdown", "tool", "prose"
 KINDS = (CODE, JSON, MARKDOWN, TOOL, PROSE)
 
-_FENCE = re.compile(r"^([ \t]*)(`{3,}|~{3,})([^\n`]*)\n.*?^\1\2[ \t]*(?:\n|\Z)", re.M | re.S)
+# A fence closes at a line of the same character, at least as long, at the same indent.
+_FENCE = re.compile(
+    r"^(?P<indent>[ \t]*)(?P<fence>(?P<char>[`~])(?P=char){2,})(?P<info>[^\n`]*)\n.*?"
+    r"^(?P=indent)(?P=fence)(?P=char)*[ \t]*(?:\n|\Z)",
+    re.M | re.S,
+)
+# A backtick fence that never closes runs to the end of the text (CommonMark), so code cut off
+# mid-block is still code. Only ``` with a language tag or none: tilde lines are common in
+# output (Python's "~~~~^^^^" traceback markers, reStructuredText underlines) and open nothing.
+_UNCLOSED = re.compile(r"^[ \t]*`{3,}[\w.+#-]*[ \t]*\n", re.M)
 # Editor views and `cat -n`: "1457:    code" or "  12|code" or "  12\tcode".
 _NUMBERED = re.compile(r"^[ \t]*\d+(?::|\||\t)")
 # What tells output from writing: prompts, log levels, timestamps, tracebacks, progress meters.
@@ -35,10 +44,15 @@ def segmentize(text: str, tool: bool) -> list[tuple[str, str]]:
     for m in _FENCE.finditer(text):
         if m.start() > pos:
             out.extend(_unfenced(text[pos : m.start()], tool))
-        lang = m.group(3).strip().lower()
+        lang = m.group("info").strip().lower()
         out.append((JSON if lang == "json" and _fenced_json(m.group(0)) else CODE, m.group(0)))
         pos = m.end()
-    if pos < len(text):
+    unclosed = _UNCLOSED.search(text, pos)
+    if unclosed is not None:  # every fence before it closed, so none after it can
+        if unclosed.start() > pos:
+            out.extend(_unfenced(text[pos : unclosed.start()], tool))
+        out.append((CODE, text[unclosed.start() :]))
+    elif pos < len(text):
         out.extend(_unfenced(text[pos:], tool))
     return out
 
