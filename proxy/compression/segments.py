@@ -30,7 +30,13 @@ _OUTPUT_LINE = re.compile(
     r"|^\d{4}-\d\d-\d\d[ T]\d\d:\d\d|^Traceback |^\s+File \"|^\s*%\s+Total|^\s*\d+\s+\d+\s+\d+"
     r"|^[-rwxdls]{10}\s|^\s*at \S+\(|^[<{\[]"
 )
-_SENTENCE = re.compile(r"[A-Za-z][a-z]+(?: [A-Za-z'’,()-]+){3,}[.?!:]?[\"')]*\s*$")
+# Possessive (++): a word never gives letters back (the next thing is a space or the ending),
+# so a line that is no sentence fails without trying every shorter word.
+_SENTENCE = re.compile(r"[A-Za-z][a-z]++(?: [A-Za-z'’,()-]++){3,}+[.?!:]?[\"')]*\s*$")
+# A sentence ends the line ($), so only the end is searched: searched from every start, a long
+# line that is no sentence costs quadratic time (three 40,000-character lines of words ending
+# in a number took 80 s, under the compression lock).
+_SENTENCE_TAIL = 240
 _MARKDOWN = re.compile(r"^(?:#{1,6} |\s*(?:[-*+]|\d+\.) \S|\|.*\|\s*$|> )")
 
 
@@ -103,7 +109,7 @@ def _looks_like_output(lines: list[str]) -> bool:
     if len(body) < 3:
         return False
     output = sum(1 for line in body if _OUTPUT_LINE.search(line) or _NUMBERED.match(line))
-    sentences = sum(1 for line in body if _SENTENCE.search(line))
+    sentences = sum(1 for line in body if _SENTENCE.search(line[-_SENTENCE_TAIL:]))
     return output * 4 >= len(body) and sentences * 2 < len(body)
 
 
