@@ -147,7 +147,9 @@ def _compress(
     slots_of = _anthropic_slots if provider == "anthropic" else _openai_slots
     timer = _Timer()
     t = time.perf_counter()
-    chain = hash((profile, _version))
+    # The provider is part of the key: the same messages have different text slots in each
+    # shape (tool_result blocks are Anthropic's, role tool is OpenAI's).
+    chain = hash((provider, profile, _version))
     chains: list[int] = []
     nodes: list[_Node] = []
     state: State | None = None
@@ -349,8 +351,11 @@ def _set(obj: Any, path: Path_, value: Any) -> Any:
 
 
 def _fingerprint(message: Any) -> int:
-    if type(message) is dict and len(message) == 2 and type(message.get("content")) is str:
-        return hash((message.get("role"), message["content"]))
+    # The fast path is for {"role", "content"} only: a two-key dict without "role" has some
+    # other key the hash would leave out (and a memo hit would send another request's value).
+    if (type(message) is dict and len(message) == 2 and "role" in message
+            and type(message.get("content")) is str):
+        return hash((message["role"], message["content"]))
     return hash(json.dumps(message, sort_keys=True, ensure_ascii=False, default=str))
 
 

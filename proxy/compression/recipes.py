@@ -285,10 +285,31 @@ def head_tail(text: str, r: Recipe, ctx: Context) -> tuple[str, int]:
         if end - k < 3:  # a note would cost about what it saves
             out.extend(lines[k:end])
         else:
-            out.append(f"[... {end - k} lines omitted ...]")
+            omitted = sum(_stands_for(line) for line in lines[k:end])
+            out.append(f"[... {omitted} lines omitted ...]")
         k = end
     result = "\n".join(out)
     return (result, 1) if result != text else (text, 0)
+
+
+# Notes an earlier rule wrote in place of several lines (an earlier head_tail's gap, a folded
+# run, lines shown before): a gap that swallows one counts the lines it stood for, so a cut of a
+# cut says how much of the original output is missing, not how many lines of the first cut.
+_NOTE = re.compile(
+    r"^\[(?:\.\.\. (\d+) lines omitted \.\.\.|previous line repeated (\d+) more times"
+    r"|(\d+) lines as shown in message \d+ above"
+    r"|lines (\d+)-(\d+) as shown in message \d+ above)\]$"
+)
+
+
+def _stands_for(line: str) -> int:
+    m = _NOTE.match(line)
+    if m is None:
+        return 1
+    omitted, repeated, shown, first, last = m.groups()
+    if first is not None:
+        return max(1, int(last) - int(first) + 1)
+    return int(omitted or repeated or shown)
 
 
 @dataclass(frozen=True)
@@ -326,6 +347,10 @@ def load(user_dir: Path | None) -> list[Recipe]:
     for path in files:
         for recipe in read_file(path):
             if isinstance(recipe, str):  # disabled
+                if recipe not in rules:  # a misspelt name would leave the rule it meant firing
+                    known = ", ".join(name for name, rule in rules.items() if rule is not None)
+                    raise RecipeError(f"{path} (recipe {recipe!r}): enabled: false names no "
+                                      f"shipped or earlier rule; known: {known}")
                 rules[recipe] = None
             else:
                 rules[recipe.name] = recipe
@@ -335,7 +360,13 @@ def load(user_dir: Path | None) -> list[Recipe]:
 def read_file(path: Path) -> list[Recipe | str]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+    except yaml.YAMLError as e:
+        # str(e) spans several lines; the start refuses with one (as config.yaml's errors do).
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise RecipeError(f"{path}: not valid YAML{at} ({problem})") from None
+    except (OSError, UnicodeDecodeError) as e:
         raise RecipeError(f"{path}: cannot read recipes ({e})") from None
     if data is None:
         return []
@@ -403,6 +434,12 @@ def parse(item: Any, where: str) -> Recipe | str:
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 100000:
                 raise RecipeError(f"{where}: '{key}' must be a whole number from 0 to 100000")
             fields[key] = value
+    if action == "replace" and "pattern" in fields:
+        try:  # checked now: a bad template (\2 with one group, \q) fails only when it matches
+            _empty_match(fields["pattern"]).expand(fields.get("replacement", ""))
+        except (re.error, IndexError) as e:
+            raise RecipeError(f"{where}: 'with' is not a valid replacement for the pattern: {e}"
+                              ) from None
     if action == "refer_seen_lines" and fields.get("min_lines", 3) < WINDOW:
         raise RecipeError(f"{where}: refer_seen_lines needs min_lines of at least {WINDOW}")
     if action == "head_tail" and fields.get("head", 0) + fields.get("tail", 0) >= fields[
@@ -410,3 +447,14 @@ def parse(item: Any, where: str) -> Recipe | str:
         raise RecipeError(f"{where}: head + tail must be less than max_lines")
     return Recipe(name=name, profile=profile, segments=tuple(segments), action=action,
                   source=str(where.rsplit(" (", 1)[0]), **fields)
+
+
+def _empty_match(pattern: re.Pattern[str]) -> re.Match[str]:
+    """A match with the same groups (numbers and names) as `pattern` would have: it expands a
+    replacement template exactly as a real match of `pattern` does."""
+    names = {number: name for name, number in pattern.groupindex.items()}
+    same_groups = re.compile("".join(f"(?P<{names[n]}>)" if n in names else "()"
+                                     for n in range(1, pattern.groups + 1)))
+    match = same_groups.match("")
+    assert match is not None  # empty groups match the empty string
+    return match

@@ -6,13 +6,20 @@ prose. Recipes pick segments by type, so this is where "never touch code" is dec
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
+from collections.abc import Iterator
 
 CODE, JSON, MARKDOWN, TOOL, PROSE = "code", "json", "markdown", "tool", "prose"
 KINDS = (CODE, JSON, MARKDOWN, TOOL, PROSE)
 
-_FENCE = re.compile(r"^([ \t]*)(`{3,}|~{3,})([^\n`]*)\n.*?^\1\2[ \t]*(?:\n|\Z)", re.M | re.S)
+# A line that may open or close a fence: indent, three or more ` or ~, the rest of the line.
+_FENCE_LINE = re.compile(r"^([ \t]*)(`{3,}|~{3,})([^\n]*)(\n|\Z)", re.M)
+# A backtick fence that never closes runs to the end of the text (CommonMark), so code cut off
+# mid-block is still code. Only ``` with a language tag or none: tilde lines are common in
+# output (Python's "~~~~^^^^" traceback markers, reStructuredText underlines) and open nothing.
+_UNCLOSED = re.compile(r"^[ \t]*`{3,}[\w.+#-]*[ \t]*\r?\n", re.M)
 # Editor views and `cat -n`: "1457:    code" or "  12|code" or "  12\tcode".
 _NUMBERED = re.compile(r"^[ \t]*\d+(?::|\||\t)")
 # What tells output from writing: prompts, log levels, timestamps, tracebacks, progress meters.
@@ -37,19 +44,57 @@ def segmentize(text: str, tool: bool) -> list[tuple[str, str]]:
     """
     out: list[tuple[str, str]] = []
     pos = 0
-    for m in _FENCE.finditer(text):
-        if m.start() > pos:
-            out.extend(_unfenced(text[pos : m.start()], tool))
-        lang = m.group(3).strip().lower()
-        out.append((JSON if lang == "json" and _fenced_json(m.group(0)) else CODE, m.group(0)))
-        pos = m.end()
-    if pos < len(text):
+    for start, end, info in _fenced_blocks(text):
+        if start > pos:
+            out.extend(_unfenced(text[pos:start], tool))
+        block = text[start:end]
+        lang = info.strip().lower()
+        out.append((JSON if lang == "json" and _fenced_json(block) else CODE, block))
+        pos = end
+    unclosed = _UNCLOSED.search(text, pos)
+    if unclosed is not None:  # every fence before it closed, so none after it can
+        if unclosed.start() > pos:
+            out.extend(_unfenced(text[pos : unclosed.start()], tool))
+        out.append((CODE, text[unclosed.start() :]))
+    elif pos < len(text):
         out.extend(_unfenced(text[pos:], tool))
     return out
 
 
+def _fenced_blocks(text: str) -> Iterator[tuple[int, int, str]]:
+    """(start, end, info string) of each closed fenced block, in order. A fence closes at the
+    next line of the same character, at least as long, at the same indent, with only
+    whitespace after it (a CRLF line end included).
+
+    Closing lines are indexed first, so a fence-like line that never closes (a traceback marker)
+    costs a lookup: a search for its closer through the rest of the text, for each such line,
+    was quadratic (1,000 markers in 170 kB of output took a second under the lock).
+    """
+    lines = list(_FENCE_LINE.finditer(text))
+    closers: dict[tuple[str, str], list[int]] = {}  # (indent, character) → indexes in lines
+    for k, m in enumerate(lines):
+        if not m.group(3).strip():
+            closers.setdefault((m.group(1), m.group(2)[0]), []).append(k)
+    k = 0
+    while k < len(lines):
+        indent, fence, info, newline = lines[k].groups()
+        close = None
+        # An opening line ends in a newline, and its info string has no backtick.
+        if newline and "`" not in info:
+            same = closers.get((indent, fence[0]), [])
+            close = next((same[j] for j in range(bisect.bisect_right(same, k), len(same))
+                          if len(lines[same[j]].group(2)) >= len(fence)), None)
+        if close is None:
+            k += 1
+            continue
+        yield lines[k].start(), lines[close].end(), info
+        k = close + 1
+
+
 def _fenced_json(block: str) -> bool:
-    body = block.split("\n", 1)[1].rsplit("\n", 2)[0] if "\n" in block else ""
+    # The lines between the opening line and the closing fence, whether or not a newline
+    # follows the fence (a message often ends right after it).
+    body = block.split("\n", 1)[1].rstrip("\n").rpartition("\n")[0] if "\n" in block else ""
     return _is_json(body)
 
 
