@@ -9,7 +9,7 @@ from django.db import OperationalError
 from telemetry import retention
 from telemetry.models import Cost, Event, Segment, Usage
 from tests.conftest import send, wait_for
-from tests.test_prune import add_segments, age, children
+from tests.test_prune import NONE_LEFT, add_segments, age, children
 
 
 def _traffic(url: str, n: int, rows) -> list[str]:
@@ -34,8 +34,8 @@ def test_it_prunes_old_rows_in_a_running_server_without_any_command(start_server
     wait_for(lambda: not Event.objects.filter(trace_id__in=old).exists(), timeout=30)
 
     assert set(Event.objects.values_list("trace_id", flat=True)) == set(fresh)
-    assert children(old) == {"tp_usage": 0, "tp_costs": 0, "tp_segments": 0}
-    assert children() == {"tp_usage": 0, "tp_costs": 0, "tp_segments": 0}
+    assert children(old) == NONE_LEFT
+    assert children() == NONE_LEFT
     assert Usage.objects.count() == Cost.objects.count() == 2
     assert Segment.objects.count() == 4
     wait_for(lambda: "retention: deleted" in server.output())
@@ -80,7 +80,7 @@ def test_it_runs_in_chunks_with_a_pause_between_them_and_logs_one_line(
 
     assert pauses == [retention.BACKGROUND_PAUSE_SECONDS] * 2  # 3 chunks: 2 pauses
     assert set(Event.objects.values_list("trace_id", flat=True)) == set(ids[5:])
-    assert children() == {"tp_usage": 0, "tp_costs": 0, "tp_segments": 0}
+    assert children() == NONE_LEFT
     assert [r.getMessage()[:40] for r in caplog.records] == [
         "retention: deleted 5 requests older than"
     ]
