@@ -8,7 +8,6 @@ import json
 import threading
 import uuid
 from decimal import Decimal
-from pathlib import Path
 
 import anthropic
 import httpx
@@ -16,11 +15,11 @@ import openai
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import connection
 
 from budgets.models import Budget
 from telemetry.models import Capture, DebugSwitch, Event, RecipeHit
 from tests.fakeprovider import DEFAULT_TEXT, TOOL_NAME
+from tests.test_privacy import database_text
 from tests.test_prune import age
 
 OPENAI_KEY = "sk-proj-DEBUGKEYopenai0123456789"
@@ -235,12 +234,3 @@ def test_it_refuses_a_count_below_one(db):
     assert not DebugSwitch.objects.exists()
 
 
-def database_text() -> str:
-    """Every captured and ledger row as text, and on SQLite the file itself (and its WAL)."""
-    parts = [repr(row) for model in (Event, Capture) for row in model.objects.values_list()]
-    if connection.vendor == "sqlite":
-        db = Path(connection.settings_dict["NAME"])
-        for path in (db, db.with_name(db.name + "-wal")):
-            if path.exists():
-                parts.append(path.read_bytes().decode("latin-1"))
-    return "\n".join(parts)

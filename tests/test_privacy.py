@@ -10,7 +10,7 @@ import openai
 import pytest
 from django.db import connection
 
-from telemetry.models import Cost, Event, Segment, Usage
+from telemetry.models import Capture, Cost, Event, RecipeHit, Segment, Usage
 from tokenpak_site.logs import RedactingFilter, redact
 
 OPENAI_KEY = "sk-proj-PLANTEDKEYopenai0123456789"
@@ -34,9 +34,10 @@ def _traffic(server) -> None:
                                   extra_headers={"x-fake-scenario": "status=401"})
 
 
-def _database_text() -> str:
+def database_text() -> str:
+    """Every ledger and capture row as text, and on SQLite the file itself (and its WAL)."""
     parts = []
-    for model in (Event, Usage, Cost, Segment):
+    for model in (Event, Usage, Cost, Segment, RecipeHit, Capture):
         parts += [repr(row) for row in model.objects.values_list()]
     if connection.vendor == "sqlite":
         db = Path(connection.settings_dict["NAME"])
@@ -63,7 +64,7 @@ def test_it_keeps_keys_out_of_the_ledger_and_debug_logs(start_server, fake, rows
     # The provider did receive the keys: TokenPak forwarded them, it just never kept them.
     assert any(OPENAI_KEY in r.headers.get("authorization", "") for r in fake.log)
 
-    for text in (log_text, server_stop_output, _database_text()):
+    for text in (log_text, server_stop_output, database_text()):
         assert not any(p in text for p in PLANTED)
 
 
