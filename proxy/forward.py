@@ -150,7 +150,8 @@ async def forward(request: HttpRequest, route: Route) -> HttpResponse:
     if provider is OPENAI and rec.stream and route.event_type == "chat.completions":
         strip_usage = _ask_for_usage(payload)
     if rewrite or strip_usage:
-        body = json.dumps(payload, ensure_ascii=False).encode()
+        # Compact, as the SDKs send it: whitespace between JSON tokens is bytes on the wire.
+        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
 
     url = provider.base_url + route.upstream_path
     if request.META.get("QUERY_STRING"):

@@ -66,6 +66,9 @@ def test_it_sends_json_tool_output_minified_by_default(server, fake, rows):
     # Everything that is not tool or user text arrives as the client sent it.
     assert upstream[:-1] == messages[:-1]
     assert upstream[-1]["tool_call_id"] == "call_0"
+    # Rewritten compact, as the SDKs write it: no bytes spent on JSON whitespace.
+    assert fake.log[-1].body == json.dumps(sent(fake), ensure_ascii=False,
+                                           separators=(",", ":")).encode()
     [event] = rows(1)
     assert event.status == Status.OK
 
