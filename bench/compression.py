@@ -280,6 +280,7 @@ def replay(
         started = time.perf_counter()
         outcome = compression.compress("openai", payload, profile)
         clock[0] += time.perf_counter() - started
+        clock.append(time.perf_counter() - started)  # this request's time, for the percentiles
         if json.dumps(payload) != body:
             result.input_mutated = True
         last = outcome
@@ -359,6 +360,8 @@ class ProfileResult:
     total: Tally
     mb_s: float  # with the memo, as the proxy runs (median of the rounds)
     cold_mb_s: float  # memo cleared before every request
+    p50_ms: float  # one request's compress() with the memo: what the request path pays
+    p99_ms: float
     cold_differs: int  # requests whose cold result is not what the memo gave
     targets: list[tuple[str, bool | None]]  # (what, met); None: reported only
 
@@ -377,12 +380,14 @@ def run_profile(
     count = count or counting.count
     files: list[FileResult] = []
     memo_times: list[float] = []
+    per_request: list[float] = []
     for r in range(max(1, rounds)):
         compression.use_recipes(None)  # an empty memo, as a proxy that just started
         clock = [0.0]
         results = [replay(name, messages, profile, rates, count, clock)
                    for name, messages in corpus]
         memo_times.append(clock[0])
+        per_request.extend(clock[1:])
         if r == 0:
             files = results
     total = Tally()
@@ -427,7 +432,11 @@ def run_profile(
     targets.append((f"no request costlier (Anthropic {total.costlier_anthropic}, "
                     f"OpenAI {total.costlier_openai})", total.costlier == 0))
     targets.append((f"≥ {TARGET_MB_S:g} MB/s ({mb_s:.1f})", mb_s >= TARGET_MB_S))
-    return ProfileResult(profile, files, total, mb_s, cold_mb_s, differs, targets)
+    per_request.sort()
+    p50 = per_request[len(per_request) // 2] * 1000 if per_request else 0.0
+    p99 = per_request[min(len(per_request) - 1, int(len(per_request) * 0.99))] * 1000 \
+        if per_request else 0.0
+    return ProfileResult(profile, files, total, mb_s, cold_mb_s, p50, p99, differs, targets)
 
 
 # --- output -----------------------------------------------------------------------------------
@@ -463,7 +472,8 @@ def render(result: ProfileResult) -> str:
         lines.append(row(f.name, f.tally))
     lines.append(row("total", result.total))
     lines.append(f"throughput {result.total.bytes / 1e6:.2f} MB of message text: "
-                 f"{result.mb_s:.1f} MB/s with the memo, {result.cold_mb_s:.1f} MB/s cold"
+                 f"{result.mb_s:.1f} MB/s with the memo, {result.cold_mb_s:.1f} MB/s cold; "
+                 f"per request {result.p50_ms:.2f} ms p50, {result.p99_ms:.2f} ms p99"
                  + (f"; {result.cold_differs} requests compressed differently cold"
                     if result.cold_differs else ""))
     hits: Counter[str] = Counter()
@@ -518,7 +528,8 @@ def as_json(results: list[ProfileResult], rates: tuple[Rates, Rates]) -> str:
                        "recipes": dict(f.recipes), "input_mutated": f.input_mutated}
                       for f in r.files],
             "total": tally(r.total),
-            "mb_s": r.mb_s, "cold_mb_s": r.cold_mb_s, "cold_differs": r.cold_differs,
+            "mb_s": r.mb_s, "cold_mb_s": r.cold_mb_s, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
+            "cold_differs": r.cold_differs,
             "targets": [{"what": what, "met": met} for what, met in r.targets],
         } for r in results],
     }
