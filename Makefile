@@ -20,9 +20,7 @@ $(VENV)/.installed-test: requirements.txt requirements-test.txt pyproject.toml
 	touch $@ $(VENV)/.installed-run
 
 run: $(VENV)/.installed-run
-	$(PY) manage.py migrate --verbosity 0
-	@$(PY) manage.py endpoints
-	$(PY) manage.py runserver --noreload
+	$(PY) manage.py serve $(if $(WORKERS),--workers $(WORKERS))
 
 test: $(VENV)/.installed-test
 	$(PY) -m ruff check .

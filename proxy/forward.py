@@ -244,7 +244,7 @@ async def _relay(
         elif not tap.complete:
             status, error_class = Status.STREAM_CUT, "incomplete_stream"
             yield provider.cut_event("TokenPak: the provider ended the stream before it finished.")
-    except asyncio.CancelledError:
+    except (asyncio.CancelledError, GeneratorExit):  # GeneratorExit: closed while at a yield
         status = Status.CLIENT_CLOSED
         raise
     except httpx.TimeoutException as e:

@@ -38,8 +38,21 @@ def database_env() -> dict[str, str]:
     return {"TOKENPAK_DB": str(db["NAME"]), "DATABASE_URL": ""}
 
 
+UVICORN = (
+    "import sys, uvicorn; "
+    "from tokenpak_site.management.commands.serve import UVICORN; "
+    "uvicorn.run('tokenpak_site.asgi:application', host='127.0.0.1', port=int(sys.argv[1]), "
+    "workers=int(sys.argv[2]), **UVICORN)"
+)
+
+
 class LiveServer:
-    def __init__(self, env: dict[str, str], home: Path) -> None:
+    """The proxy in a process of its own: uvicorn with `serve`'s options (what users run), or
+    daphne (`runserver`'s server) when asked."""
+
+    def __init__(self, env: dict[str, str], home: Path, server: str = "uvicorn",
+                 workers: int = 1) -> None:
+        self.server, self.workers = server, workers
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.home = home
@@ -56,11 +69,15 @@ class LiveServer:
 
     def start(self) -> LiveServer:
         out = open(self.log_path, "wb")  # noqa: SIM115 - the child writes it until stop()
-        self.proc = subprocess.Popen(
+        if self.server == "daphne":
             # Twisted's default listen backlog of 50 resets connections in a burst of 500.
-            [sys.executable, "-m", "daphne",
-             "-e", f"tcp:port={self.port}:interface=127.0.0.1:backlog=2048",
-             "tokenpak_site.asgi:application"],
+            command = [sys.executable, "-m", "daphne",
+                       "-e", f"tcp:port={self.port}:interface=127.0.0.1:backlog=2048",
+                       "tokenpak_site.asgi:application"]
+        else:
+            command = [sys.executable, "-c", UVICORN, str(self.port), str(self.workers)]
+        self.proc = subprocess.Popen(
+            command,
             cwd=ROOT,
             env=self.env,
             stdout=out,
