@@ -159,7 +159,7 @@ async def forward(request: HttpRequest, route: Route) -> HttpResponse:
     if log.isEnabledFor(logging.DEBUG):
         log.debug("%s -> %s %s headers=%s", rec.trace_id, request.method, url,
                   redact_headers(dict(headers)))
-    client = upstream.client()
+    pool = upstream.upstream()
     try:
         # The footer's figures are final once the request is built. Pricing them may read the
         # database (off the event loop): here, a client that leaves meanwhile still gets a row.
@@ -171,10 +171,10 @@ async def forward(request: HttpRequest, route: Route) -> HttpResponse:
                 )
             footer_text = await footer.text_for(rec, provider.name)
         rec.sent_body = body
-        upstream_request = client.build_request(
+        upstream_request = pool.client.build_request(
             request.method or "POST", url, headers=headers, content=body or None
         )
-        response = await client.send(upstream_request, stream=True)
+        response = await pool.send(upstream_request)
         rec.upstream_status = response.status_code
         rec.request_id = response.headers.get(provider.request_id_header, "")
         streaming = response.is_success and "text/event-stream" in response.headers.get(

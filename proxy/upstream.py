@@ -2,6 +2,12 @@
 
 A client belongs to the loop it was created on; daphne serves on one loop, tests and
 management commands may run others, so the pool is keyed by loop and dies with it.
+
+Requests are built by the client (its timeouts, its default headers) and sent through its
+transport, `send()`: what AsyncClient.send adds on top is an auth flow, redirects (TokenPak
+follows none), and a cookie jar, which in a shared client would keep one caller's provider
+cookies and send them with everyone's next request. Skipping those layers also saves about
+0.1 ms a request.
 """
 
 from __future__ import annotations
@@ -12,26 +18,45 @@ import weakref
 import httpx
 from django.conf import settings
 
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
-    weakref.WeakKeyDictionary()
-)
 
-
-def client() -> httpx.AsyncClient:
-    loop = asyncio.get_running_loop()
-    c = _clients.get(loop)
-    if c is None or c.is_closed:
-        c = httpx.AsyncClient(
+class Upstream:
+    def __init__(self) -> None:
+        self.transport = httpx.AsyncHTTPTransport(
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+            # Clients' proxies are for the client; TokenPak talks to the provider it was told.
+            trust_env=False,
+        )
+        self.client = httpx.AsyncClient(
+            transport=self.transport,
             timeout=httpx.Timeout(
                 connect=settings.UPSTREAM_CONNECT_TIMEOUT,
                 read=settings.UPSTREAM_READ_TIMEOUT,
                 write=settings.UPSTREAM_READ_TIMEOUT,
                 pool=settings.UPSTREAM_CONNECT_TIMEOUT,
             ),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
-            # Clients' proxies are for the client; TokenPak talks to the provider it was told.
             trust_env=False,
             follow_redirects=False,
         )
-        _clients[loop] = c
-    return c
+
+    async def send(self, request: httpx.Request) -> httpx.Response:
+        """The response with its body unread: read it, or iterate it, then aclose() it."""
+        response = await self.transport.handle_async_request(request)
+        response.request = request
+        return response
+
+
+_upstreams: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Upstream] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def upstream() -> Upstream:
+    loop = asyncio.get_running_loop()
+    u = _upstreams.get(loop)
+    if u is None or u.client.is_closed:
+        u = _upstreams[loop] = Upstream()
+    return u
+
+
+def client() -> httpx.AsyncClient:
+    return upstream().client

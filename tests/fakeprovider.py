@@ -135,6 +135,7 @@ class Received:
     headers: dict[str, str]  # lower-cased names; repeated headers joined with ", "
     body: bytes
     json: Any | None  # parsed body, or None when empty or not JSON
+    peer_port: int = 0  # the caller's port: the same for requests on one kept-alive connection
 
 
 class FakeProvider:
@@ -882,7 +883,8 @@ class _Handler(BaseHTTPRequestHandler):
             parsed: Any | None = json.loads(body) if body else None
         except ValueError:
             parsed = None
-        received = Received(self.command, self.path, headers, body, parsed)
+        received = Received(self.command, self.path, headers, body, parsed,
+                            self.client_address[1])
         n = self.provider._record(received)
         try:
             self._respond(received, n)
@@ -918,6 +920,8 @@ class _Handler(BaseHTTPRequestHandler):
             ids = {"request-id": request_id, "anthropic-ratelimit-requests-remaining": "99"}
         else:
             ids = {"x-request-id": request_id, "x-ratelimit-remaining-requests": "99"}
+        # As the CDN in front of both real providers does: a cookie for whoever called.
+        ids["set-cookie"] = f"__cf_bm=caller{n}; path=/; HttpOnly"
 
         try:
             scenario = _Scenario.parse(received.headers.get("x-fake-scenario", ""))

@@ -18,7 +18,7 @@ _start.join()
 
 # The ledger writer and the budget refresher are Python threads: with the default 5 ms switch
 # interval a batch being priced holds the GIL for whole milliseconds while a request waits.
-sys.setswitchinterval(float(os.environ.get("TP_SWITCH", "0.0005")))
+sys.setswitchinterval(0.0005)
 
 # Proxy routes skip Django's middleware and per-request signals (proxy/handler.py says why).
 application = ProxyFirst(django_application)

@@ -1,0 +1,78 @@
+"""`tokenpak serve`: the production command, one process or several sharing one ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import openai
+
+from tests.conftest import wait_for
+from tests.live import ROOT, answers, default_signals, free_port
+
+TOKENPAK = Path(sys.executable).parent / "tokenpak"
+
+
+def serve(tmp_path: Path, fake, *args: str) -> tuple[subprocess.Popen, str, Path]:
+    port, db = free_port(), tmp_path / "ledger.db"
+    env = {**os.environ, "TOKENPAK_HOME": str(tmp_path / "home"),
+           "DJANGO_SETTINGS_MODULE": "tokenpak_site.settings", "DATABASE_URL": "",
+           "TOKENPAK_OPENAI_BASE_URL": fake.url, "TOKENPAK_ANTHROPIC_BASE_URL": fake.url}
+    proc = subprocess.Popen([str(TOKENPAK), "serve", "--port", str(port), "--db", str(db), *args],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, preexec_fn=default_signals)
+    return proc, f"http://127.0.0.1:{port}", db
+
+
+def workers_of(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(c) for c in children]
+
+
+def ledger(db: Path, sql: str) -> tuple:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(sql).fetchone()
+
+
+def test_it_runs_several_workers_that_write_one_ledger(tmp_path, fake):
+    proc, url, db = serve(tmp_path, fake, "--workers", "2")
+    try:
+        wait_for(lambda: answers(url), timeout=60)
+        wait_for(lambda: len(workers_of(proc.pid)) >= 2, timeout=30)
+
+        async def burst() -> list[str]:
+            client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="sk-serve-0000",
+                                        max_retries=0)
+            replies = await asyncio.gather(*(
+                client.chat.completions.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": f"n{i}"}],
+                    extra_headers={"x-fake-usage": '{"prompt_tokens": 1000}'})
+                for i in range(60)))
+            await client.close()
+            return [r.choices[0].message.content for r in replies]
+
+        assert all(asyncio.run(burst()))
+        # 60 requests and the readiness probe: every one a row, none twice.
+        wait_for(lambda: ledger(db, "select count(*) from tp_events")[0] == 61, timeout=20)
+        assert ledger(db, "select count(distinct trace_id), sum(input_tokens) from tp_events "
+                          "where event_type = 'chat.completions'") == (60, 60_000)
+        assert ledger(db, "select count(*) from tp_usage")[0] == 61
+    finally:
+        proc.send_signal(signal.SIGINT)
+        output = proc.communicate(timeout=30)[0].decode()
+    assert proc.returncode == 0, output
+    assert "Serving with uvicorn, 2 worker(s)" in output
+    assert "Traceback" not in output
+
+
+def test_it_refuses_a_worker_count_it_cannot_run(tmp_path, fake):
+    proc, _, db = serve(tmp_path, fake, "--workers", "0")
+    output = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode != 0
+    assert output.strip().splitlines()[-1] == (
+        "CommandError: --workers must be between 1 and 64, not 0")

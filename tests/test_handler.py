@@ -1,0 +1,57 @@
+"""proxy/handler.py: proxy routes go straight to their view; everything else is Django's."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+
+from tests.fakeprovider import DEFAULT_TEXT
+
+KEY = "sk-test-handler-0000"
+
+
+def test_it_refuses_a_host_it_does_not_serve(server, fake, rows):
+    # A page on attacker.example that rebinds its name to 127.0.0.1 sends its own Host.
+    response = httpx.post(server.url + "/v1/chat/completions",
+                          json={"model": "gpt-4o-mini", "messages": []},
+                          headers={"authorization": f"Bearer {KEY}", "host": "attacker.example"})
+    assert response.status_code == 400
+    assert fake.log == []  # nothing went upstream
+
+
+def test_it_leaves_pages_to_django_and_its_middleware(server, fake, rows):
+    page = httpx.get(server.url + "/admin/login/")
+    assert page.status_code == 200 and page.headers["x-frame-options"] == "DENY"
+    models = httpx.get(server.url + "/v1/models", headers={"authorization": f"Bearer {KEY}"})
+    assert models.status_code == 200 and models.json()["data"]
+    # No session, CSRF or clickjacking machinery on an API route: SDKs send no cookies.
+    assert "x-frame-options" not in models.headers and "set-cookie" not in models.headers
+    assert rows(1)[0].event_type == "models"
+
+
+def test_it_sends_json_answers_with_their_length(server, fake, rows):
+    response = httpx.post(server.url + "/v1/chat/completions",
+                          json={"model": "gpt-4o-mini", "messages": []},
+                          headers={"authorization": f"Bearer {KEY}"})
+    assert response.status_code == 200
+    assert int(response.headers["content-length"]) == len(response.content)
+    assert "transfer-encoding" not in response.headers
+    assert response.json()["choices"][0]["message"]["content"] == DEFAULT_TEXT
+    assert rows(1)[0].status == "ok"
+
+
+def test_it_answers_a_path_no_route_takes_with_404(server, fake, rows):
+    response = httpx.get(server.url + "/v1/", headers={"authorization": f"Bearer {KEY}"})
+    assert response.status_code in (404, 405)
+    assert fake.log == []
+
+
+def test_it_serves_sdk_streams_whole(server, fake, rows):
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY)
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True,
+        extra_headers={"x-fake-scenario": "split=7"})
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == DEFAULT_TEXT
+    [event] = rows(1)
+    assert event.status == "ok" and event.stream and event.usage.output_tokens > 0
