@@ -71,7 +71,7 @@ def test_it_runs_several_workers_that_write_one_ledger(tmp_path, fake):
 
 
 def test_it_refuses_a_worker_count_it_cannot_run(tmp_path, fake):
-    proc, _, db = serve(tmp_path, fake, "--workers", "0")
+    proc, _, _ = serve(tmp_path, fake, "--workers", "0")
     output = proc.communicate(timeout=60)[0].decode()
     assert proc.returncode != 0
     assert output.strip().splitlines()[-1] == (
