@@ -573,7 +573,9 @@ class Lessor:
         if r is None:
             return None
         budgets = self.budgets or {}
-        keys = budgets.get("", ()) + budgets.get(rec.agent_id, ())
+        keys = budgets.get("", ())
+        if rec.agent_id:
+            keys += budgets.get(rec.agent_id, ())
         self.note(rec.agent_id if rec.agent_id in budgets else "", r)
         low = LOW_WATER_UNITS * self.unit
         with self.lock:
@@ -684,9 +686,10 @@ class Lessor:
             self.failed = True
             self.budgets = {}
 
-    def refresh(self) -> None:
+    def refresh(self, now: float | None = None) -> None:
         """Re-read the budgets and prices; grant, renew and release leases. Never on the
-        request path: this thread's locked transaction is what the requests no longer make."""
+        request path: this thread's locked transaction is what the requests no longer make.
+        `now` is for tests that cross a period's end."""
         pricing.refresh()
         self.read_budgets()
         budgets = self.budgets or {}
@@ -698,7 +701,7 @@ class Lessor:
             with transaction.atomic():
                 _no_flush_wait()
                 locked = _lock_budgets(agents | {k[0] for k in self.leases})
-                now = time.time()
+                now = time.time() if now is None else now
                 plans = self._plan(locked, agents, now)
                 for plan in plans:
                     self._apply(plan, now)
