@@ -38,33 +38,46 @@ def leases() -> list[Hold]:
 # --- through the front door -----------------------------------------------------------------
 
 
+def probe() -> int:
+    """The next Hold id: ids only grow, so the gap between two probes counts the inserts."""
+    spend_row = Spend.objects.first()
+    hold = Hold.objects.create(spend=spend_row, trace_id="probe", amount_nano=0,
+                               created=time.time())
+    pk = hold.pk
+    hold.delete()
+    return pk
+
+
 def test_it_admits_a_concurrent_burst_on_leases_across_three_processes_and_gives_them_back(
         start_server, fake, rows, tmp_path):
     budget("1000", "block")
     workers = [start_server(home=tmp_path / f"worker{i}") for i in range(3)]
-    for worker in workers:  # each process's first request is decided exactly, then it leases
-        spend(worker, 100)
-    rows(3)
-    wait_for(lambda: len(leases()) == 3)
-    assert len({h.trace_id.rsplit(":", 2)[1] for h in leases()}) == 3  # one per process pid
     body = json.dumps(PAYLOAD).encode()
+    r = guard.reservation(MODEL, "anthropic", len(body), MAX_TOKENS)
     headers = {"x-api-key": ANTHROPIC_KEY, "anthropic-version": "2023-06-01",
-               "content-type": "application/json", "x-fake-scenario": "delay=0.2",
-               **usage(input_tokens=10, output_tokens=300)}
+               "content-type": "application/json", **usage(input_tokens=10, output_tokens=300)}
 
-    async def burst(n: int) -> list[int]:
+    async def burst(n: int, **extra: str) -> list[int]:
         async with httpx.AsyncClient(timeout=60) as client:
             return [r.status_code for r in await asyncio.gather(*(
-                client.post(workers[i % 3].url + "/v1/messages", content=body, headers=headers)
+                client.post(workers[i % 3].url + "/v1/messages", content=body,
+                            headers={**headers, **extra})
                 for i in range(n)))]
 
-    assert asyncio.run(burst(90)) == [200] * 90
+    # Each process's first request is decided exactly; then its lessor leases for that size.
+    assert asyncio.run(burst(3)) == [200] * 3
+    rows(3)
+    wait_for(lambda: len([h for h in leases() if h.amount_nano >= guard.LEASE_UNITS * r]) == 3)
+    assert len({h.trace_id.rsplit(":", 2)[1] for h in leases()}) == 3  # one per process pid
+    before = probe()
+    # Every request stays in flight a while, so each process holds 30 at once.
+    assert asyncio.run(burst(90, **{"x-fake-scenario": "delay=0.2"})) == [200] * 90
     events = rows(93, timeout=60)
+    assert probe() == before + 1  # no request of the burst needed a hold of its own
     assert {e.status for e in events} == {"ok"}
     start = reports.period("month")[0].timestamp()
     counter = Spend.objects.get(agent="", period="monthly", period_start=start)
     assert counter.spent_nano == sum(e.cost_nano_usd for e in events)
-    # Only leases stay while the processes serve: every request's own reservation has settled.
     wait_for(lambda: not Hold.objects.exclude(trace_id__startswith=guard.LEASE_PREFIX).exists())
     [standing] = guard.current()
     assert standing.leased_nano == standing.held_nano > 0
