@@ -197,6 +197,7 @@ def _exact(
         return WITHIN
     # Sizes the next leases; pricing here may read the database, which is fine on this thread.
     lessor.note(agent, reservation(model, provider, body_size, max_tokens))
+    lessor.wake.set()  # the next request may find a lease
     return admit(trace_id, agent, provider, model, body_size, max_tokens, ts)
 
 
@@ -535,8 +536,11 @@ class Lessor:
     to min(LEASE_UNITS units, unbound / LEASE_SHARE), where unbound is the limit minus spend,
     minus every other hold and lease, minus this process's requests in flight. With unbound
     below NEAR_UNITS units the free part is released instead, so near a limit every process
-    decides through admit() and sees the true headroom. Refreshes run every
-    LEASE_REFRESH_SECONDS, and at once when an admission leaves a lease below LOW_WATER_UNITS.
+    decides through admit() and sees the true headroom. A free part below half its target is
+    topped up, one above its target is cut back. Refreshes run every LEASE_REFRESH_SECONDS, and
+    at once when an admission leaves a lease below LOW_WATER_UNITS or a request had to take the
+    exact path. A process that served no budgeted request for a minute or two gives its leases
+    back. Leases are renewed (`created`) every LEASE_RENEW_SECONDS, far within hold_ttl().
     """
 
     def __init__(self) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -12,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from django.core.management import call_command
 from django.db import connections
 from django.db.backends.utils import CursorWrapper
 from django.db.models import F
@@ -82,6 +85,11 @@ def test_it_admits_a_concurrent_burst_on_leases_across_three_processes_and_gives
     [standing] = guard.current()
     assert standing.leased_nano == standing.held_nano > 0
     assert standing.spent_nano + standing.held_nano <= standing.budget.limit_nano
+    out = io.StringIO()
+    call_command("budget", "status", stdout=out)
+    # All that is held is leases (amounts may move with a top-up meanwhile).
+    assert re.search(r"\| (\$[\d.,]+) held in flight \(\1 of it by proxy leases\)",
+                     out.getvalue())
     for worker in workers:
         worker.stop()
     assert Hold.objects.count() == 0
