@@ -196,8 +196,8 @@ def _exact(
     if "" not in budgets and agent not in budgets:
         return WITHIN
     # Sizes the next leases; pricing here may read the database, which is fine on this thread.
-    lessor.note(agent, reservation(model, provider, body_size, max_tokens))
-    lessor.wake.set()  # the next request may find a lease
+    lessor.note(reservation(model, provider, body_size, max_tokens))
+    lessor.want(budgets.get("", ()) + (budgets.get(agent, ()) if agent else ()))
     return admit(trace_id, agent, provider, model, body_size, max_tokens, ts)
 
 
@@ -551,7 +551,10 @@ class Lessor:
         self.budgets: dict[str, tuple[LeaseKey, ...]] | None = None  # by agent; None: unread
         self.leases: dict[LeaseKey, Lease] = {}
         self.by_hold: dict[int, Lease] = {}  # every lease a record may still settle against
-        self.agents: set[str] = set()  # agents with budgets that this process has served
+        self.ids: dict[LeaseKey, int] = {}  # the budgets' ids, read with `budgets`
+        # The budgets (by id) this process's requests asked for while it had no lease for them:
+        # a lease is taken only for these, so a budget nobody's traffic needs is never leased.
+        self.wanted: dict[LeaseKey, int] = {}
         self.wake = threading.Event()
         self.thread: threading.Thread | None = None
         self.stopping = False
@@ -580,7 +583,7 @@ class Lessor:
         keys = budgets.get("", ())
         if rec.agent_id:
             keys += budgets.get(rec.agent_id, ())
-        self.note(rec.agent_id if rec.agent_id in budgets else "", r)
+        self.note(r)
         low = LOW_WATER_UNITS * self.unit
         with self.lock:
             leases = [self.leases.get(k) for k in keys]
@@ -594,6 +597,8 @@ class Lessor:
                     lease.free -= r
                     lease.inflight += r
             running_low = not taken or any(lease.free < low for lease in taken)
+            if not taken:
+                self._want(keys)
         if running_low:
             self.wake.set()
         if not taken:
@@ -601,16 +606,23 @@ class Lessor:
         rec.leases = [(lease.hold_id, r) for lease in taken]
         return Verdict(alert=any(lease.spent_nano >= lease.alert_nano for lease in taken))
 
-    def note(self, agent: str, r: int) -> None:
-        """A request of this size for this agent was seen: lease for it, sized for it."""
+    def note(self, r: int) -> None:
+        """A budgeted request of this size was seen: leases are sized for the largest."""
         now = time.monotonic()
         if now - self._window_at >= UNIT_WINDOW_SECONDS:
             self._unit_prev, self._unit_now, self._window_at = self._unit_now, 0, now
         self._unit_now = max(self._unit_now, r)
-        if agent and agent not in self.agents:
-            with self.lock:
-                self.agents.add(agent)
-            self.wake.set()
+
+    def want(self, keys: tuple[LeaseKey, ...]) -> None:
+        """A request took the exact path for these budgets: lease them from now on."""
+        with self.lock:
+            self._want(keys)
+        self.wake.set()
+
+    def _want(self, keys: tuple[LeaseKey, ...]) -> None:
+        for key in keys:
+            if key not in self.wanted and key in self.ids:
+                self.wanted[key] = self.ids[key]
 
     @property
     def unit(self) -> int:
@@ -676,8 +688,11 @@ class Lessor:
     def read_budgets(self) -> None:
         try:
             found: dict[str, list[LeaseKey]] = defaultdict(list)
-            for agent, period in Budget.objects.values_list("agent", "period"):
+            ids: dict[LeaseKey, int] = {}
+            for pk, agent, period in Budget.objects.values_list("pk", "agent", "period"):
                 found[agent].append((agent, period))
+                ids[(agent, period)] = pk
+            self.ids = ids
             self.budgets = {agent: tuple(keys) for agent, keys in found.items()}
             if self.failed:
                 log.warning("budgets readable again: enforced")
@@ -698,7 +713,12 @@ class Lessor:
         self.read_budgets()
         budgets = self.budgets or {}
         with self.lock:
-            agents = {a for a in {"", *self.agents} if a in budgets} if self.unit else set()
+            if not self.unit:  # no budgeted traffic for a minute or two: give the leases back
+                self.wanted.clear()
+            wanted = {k: pk for k, pk in self.wanted.items()
+                      if self.ids.get(k) == pk and k[0] in budgets}
+            self.wanted = wanted
+        agents = {agent for agent, _ in wanted}
         if not (self.by_hold or agents):
             return
         with self.mutex:
@@ -706,14 +726,15 @@ class Lessor:
                 _no_flush_wait()
                 locked = _lock_budgets(agents | {k[0] for k in self.leases})
                 now = time.time() if now is None else now
-                plans = self._plan(locked, agents, now)
+                plans = self._plan(locked, wanted, now)
                 for plan in plans:
                     self._apply(plan, now)
             with self.lock:  # committed: the granted capacity is in the rows now
                 for plan in plans:
                     plan.lease.free += plan.grant
 
-    def _plan(self, locked: list[Budget], agents: set[str], now: float) -> list[_Plan]:
+    def _plan(self, locked: list[Budget], wanted: dict[LeaseKey, int],
+              now: float) -> list[_Plan]:
         plans: list[_Plan] = []
         own = self._own_rows()
         unit = self.unit
@@ -725,7 +746,7 @@ class Lessor:
             if lease is not None and lease.spend_id != s.spend_id:
                 plans.append(self._retire(lease))  # a new period: settlements still come in
                 lease = None
-            if b.agent not in agents:
+            if wanted.get(key) != b.pk:
                 continue
             current.add(key)
             if lease is None:
