@@ -237,9 +237,12 @@ def admit(
             budgets = _lock_budgets([agent])
             if not budgets:
                 return WITHIN
-            # This process's unused lease capacity must not make a budget look exceeded.
-            lessor.release_free([(b.agent, b.period) for b in budgets])
             standings = [standing(b, ts) for b in budgets]
+            # This process's unused lease capacity must not make a budget look exceeded. Given
+            # back only then: far from the limit a lease outlives a request that missed it.
+            if (any(s.exceeded for s in standings)
+                    and lessor.release_free([(b.agent, b.period) for b in budgets])):
+                standings = [standing(b, ts) for b in budgets]
             exceeded = [s for s in standings if s.exceeded]
             alert = any(s.alerting for s in standings)
             if not exceeded:
@@ -645,8 +648,9 @@ class Lessor:
             for lease in self.leases.values():
                 lease.spent_nano += grow.get((lease.agent, lease.period, lease.start), 0)
 
-    def release_free(self, keys: list[LeaseKey]) -> None:
-        """In admit()'s transaction: give back the free part of these budgets' leases."""
+    def release_free(self, keys: list[LeaseKey]) -> bool:
+        """In admit()'s transaction: give back the free part of these budgets' leases; True
+        when there was some."""
         released = []
         with self.lock:
             for key in keys:
@@ -657,6 +661,7 @@ class Lessor:
         if released:
             with connection.cursor() as cursor:
                 cursor.executemany(_UNLEASE, released)
+        return bool(released)
 
     # --- the lessor thread ---------------------------------------------------------------------
 

@@ -271,3 +271,23 @@ def test_it_moves_a_lease_to_the_new_period_and_settles_the_old_one(lessor):
     lessor.refresh(tomorrow)
     assert not Hold.objects.filter(pk=old_id).exists()
     assert [h.pk for h in leases()] == [new.hold_id]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_gives_back_its_free_lease_when_an_exact_check_would_see_it_exceeded(lessor):
+    limit = budget("100", "block")
+    lease = leased(lessor)
+    r = guard.reservation(MODEL, "anthropic", BODY_SIZE, MAX_TOKENS)
+    # Counting this process's own free lease (and the first request's hold), nothing is left.
+    free = lease.free
+    Spend.objects.filter(pk=lease.spend_id).update(spent_nano=limit.limit_nano - free - r)
+    [standing] = guard.current()
+    assert standing.exceeded and standing.leased_nano == lease.free
+    verdict = guard.admit(new_trace_id(), "", "anthropic", "claude-haiku-4-5", 500, 100,
+                          time.time())
+    assert verdict.held and not verdict.action
+    assert lease.free == 0 and Hold.objects.get(pk=lease.hold_id).amount_nano == 0
+    # Another process's lease is a reservation like any hold: that one still counts.
+    Hold.objects.filter(pk=lease.hold_id).update(amount_nano=free)
+    assert guard.admit(new_trace_id(), "", "anthropic", "claude-haiku-4-5", 500, 100,
+                       time.time()).blocked
