@@ -141,7 +141,8 @@ class Spend(models.Model):
 
 
 class Hold(models.Model):
-    """What one request in flight may cost, held against one Spend until its row lands."""
+    """What one request in flight may cost, held against one Spend until its row lands; or a
+    serving process's lease (trace_id `lease:…`, see budgets.guard), renewed while it lives."""
 
     spend = models.ForeignKey(Spend, on_delete=models.CASCADE, related_name="holds")
     trace_id = models.CharField(max_length=32, db_index=True)

@@ -14,7 +14,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -84,6 +84,8 @@ class Record:
     tokens_saved: int = 0
     # Budget holds were taken for this request: the writer drops them when the row lands.
     held: bool = False
+    # Admitted on this process's budget leases instead: (lease hold id, amount) to settle.
+    leases: list[tuple[int, int]] = field(default_factory=list)
     # For a debug capture (telemetry.captures): references to what the request path holds
     # anyway, copied only for a request the writer captures. `headers` are as forwarded,
     # credentials included: only captures.safe_headers() may turn them into anything stored.
@@ -194,6 +196,7 @@ class LedgerWriter:
                 time.sleep(0.2 * (attempt + 1))
         else:
             writer_log.error("ledger: %d rows could not be written and were dropped", len(rows))
+            guard.forget(batch)
             return
         try:
             guard.notify(grown)

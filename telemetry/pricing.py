@@ -275,6 +275,28 @@ def resolve(model: str, provider: str = "") -> Price:
     return DEFAULT_PRICE
 
 
+def resolve_cached(model: str, provider: str = "") -> Price | None:
+    """resolve() without I/O, for the event loop: the overrides as last loaded, however old
+    (a background thread keeps them fresh), or None when nothing is loaded yet."""
+    overrides, catalog = _overrides, _catalog
+    if overrides is None or catalog is None:
+        return None
+    names = candidates(model)
+    for name in names:
+        if name in overrides:
+            return overrides[name].price(provider)
+    for name in names:
+        if name in catalog:
+            return catalog[name]
+    return DEFAULT_PRICE
+
+
+def refresh() -> None:
+    """Load the catalog and reload stale overrides, so resolve_cached() has them."""
+    catalog_prices()
+    _override_rows()
+
+
 def catalog_prices() -> dict[str, Price]:
     global _catalog
     catalog = _catalog

@@ -175,6 +175,9 @@ def _status_line(s: guard.Standing) -> str:
             f"({pct:.1f}%) | {reports.money(remaining)} remaining")
     if s.held_nano:
         line += f" | {reports.money(reports.usd(s.held_nano))} held in flight"
+        if s.leased_nano:
+            # A lease is capacity a running proxy process set aside for its next requests.
+            line += f" ({reports.money(reports.usd(s.leased_nano))} of it by proxy leases)"
     return line
 
 
@@ -201,6 +204,7 @@ def _as_json(s: guard.Standing) -> dict[str, Any]:
         "limit_usd": reports.plain(b.limit_usd),
         "spent_usd": reports.plain(spent),
         "held_usd": reports.plain(reports.usd(s.held_nano)),
+        "leased_usd": reports.plain(reports.usd(s.leased_nano)),
         "remaining_usd": reports.plain(max(b.limit_usd - spent, reports.ZERO)),
         "spent_pct": round(100.0 * s.spent_nano / b.limit_nano, 2) if b.limit_nano else 100.0,
         "alert_at_pct": b.alert_at_pct,
