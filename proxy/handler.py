@@ -43,14 +43,30 @@ class _Gone(Exception):
 
 
 class ProxyFirst:
-    def __init__(self, django: App) -> None:
+    def __init__(self, django: App, on_stop: Callable[[], None]) -> None:
         self.django = django
+        self.on_stop = on_stop
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith(PREFIXES):
             await self.proxy(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self.lifespan(receive, send)
         else:
             await self.django(scope, receive, send)
+
+    async def lifespan(self, receive: Receive, send: Send) -> None:
+        """uvicorn ends a worker by re-raising SIGTERM once its connections are done, so
+        atexit never runs there: the shutdown message is the last moment to write what the
+        process still holds (queued ledger rows, budget leases)."""
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await asyncio.to_thread(self.on_stop)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
 
     async def proxy(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:

@@ -8,9 +8,11 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import openai
+import pytest
 
 from tests.conftest import wait_for
 from tests.live import ROOT, answers, default_signals, free_port
@@ -18,11 +20,11 @@ from tests.live import ROOT, answers, default_signals, free_port
 TOKENPAK = Path(sys.executable).parent / "tokenpak"
 
 
-def serve(tmp_path: Path, fake, *args: str) -> tuple[subprocess.Popen, str, Path]:
+def serve(tmp_path: Path, fake, *args: str, **extra: str) -> tuple[subprocess.Popen, str, Path]:
     port, db = free_port(), tmp_path / "ledger.db"
     env = {**os.environ, "TOKENPAK_HOME": str(tmp_path / "home"),
            "DJANGO_SETTINGS_MODULE": "tokenpak_site.settings", "DATABASE_URL": "",
-           "TOKENPAK_OPENAI_BASE_URL": fake.url, "TOKENPAK_ANTHROPIC_BASE_URL": fake.url}
+           "TOKENPAK_OPENAI_BASE_URL": fake.url, "TOKENPAK_ANTHROPIC_BASE_URL": fake.url, **extra}
     proc = subprocess.Popen([str(TOKENPAK), "serve", "--port", str(port), "--db", str(db), *args],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, preexec_fn=default_signals)
@@ -67,6 +69,26 @@ def test_it_runs_several_workers_that_write_one_ledger(tmp_path, fake):
         output = proc.communicate(timeout=30)[0].decode()
     assert proc.returncode == 0, output
     assert "Serving with uvicorn, 2 worker(s)" in output
+    assert "Traceback" not in output
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_it_writes_the_rows_still_queued_when_stopped(tmp_path, fake, workers):
+    # A 30 s batch window: every row is still in its worker's queue when the stop comes.
+    proc, url, db = serve(tmp_path, fake, "--workers", workers, TOKENPAK_FLUSH_SECONDS="30")
+    try:
+        wait_for(lambda: answers(url), timeout=60)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="sk-serve-0000", max_retries=0)
+        for i in range(12):
+            client.chat.completions.create(model="gpt-4o-mini",
+                                           messages=[{"role": "user", "content": f"n{i}"}])
+        started = time.monotonic()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=30)[0].decode()
+    assert time.monotonic() - started < 20, "the stop waited for the batch window"
+    assert ledger(db, "select count(*) from tp_events where event_type = 'chat.completions'"
+                  )[0] == 12, output
     assert "Traceback" not in output
 
 

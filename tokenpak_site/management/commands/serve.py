@@ -56,7 +56,7 @@ class Command(BaseCommand):
 UVICORN: dict[str, Any] = {
     "loop": "uvloop",
     "http": "httptools",
-    "lifespan": "off",  # Django speaks no lifespan protocol
+    "lifespan": "on",  # proxy/handler.py answers it: a stop writes queued rows first
     "access_log": False,  # the ledger writer logs one line per request already
     "log_level": "warning",
     "timeout_keep_alive": 75,  # agents keep connections open between turns
