@@ -230,7 +230,7 @@ async def _send(
                                      timeout=None) as client:
             return await client.request(method, path, headers=headers, content=body)
     finally:
-        await upstream.client().aclose()  # its loop ends with asyncio.run
+        await upstream.upstream().aclose()  # its loop ends with asyncio.run
 
 
 def _credentials(provider: str) -> list[tuple[str, str]]:
