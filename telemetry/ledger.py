@@ -169,9 +169,13 @@ class LedgerWriter:
                 self._idle.notify_all()
 
     def _write(self, batch: list[Record]) -> None:
-        rows = [_rows(r) for r in batch]
-        for r, (event, usage, cost, _, _) in zip(batch, rows, strict=True):
-            _log_request(r, event, usage, cost)
+        rows = []
+        for r in batch:
+            rows.append(row := _rows(r))
+            _log_request(r, *row[:3])
+            # This thread shares the GIL with the event loop: give it back between rows, so a
+            # request waits for one row's work at most, never for a whole batch's.
+            time.sleep(0)
         events = [_Row(row[0]) for row in rows]
         for attempt in range(5):
             try:
@@ -221,6 +225,7 @@ def _rows(r: Record) -> tuple[dict, dict, dict, list[dict], list[dict]]:
     model = r.model or r.sent_model or r.requested_model
     cost_usd = Decimal("0")
     pricing_source, priced_as = PricingSource.NONE, ""
+    price = None
     if usage.total:
         price = pricing.resolve(model, r.provider)
         cost_usd = pricing.cost(usage, price)
@@ -234,8 +239,10 @@ def _rows(r: Record) -> tuple[dict, dict, dict, list[dict], list[dict]]:
             try:
                 s = r.compression.savings(model)
                 saved, kinds, saved_estimated = max(0, s.tokens_saved), s.segments, s.estimated
-                saved_usd = pricing.saved_cost(usage, pricing.resolve(model, r.provider),
-                                               s.saved_prior, s.saved_new, s.new_after)
+                if saved:
+                    saved_usd = pricing.saved_cost(
+                        usage, price or pricing.resolve(model, r.provider), s.saved_prior,
+                        s.saved_new, s.new_after)
             except Exception:  # counting must never cost the row
                 writer_log.exception("savings could not be counted for %s", r.trace_id)
     event = dict(
