@@ -96,7 +96,7 @@ def reply(path: bytes, body: bytes) -> tuple[bytes, bytes]:
     stream = b'"stream":true' in body or b'"stream": true' in body
     usage = b'"include_usage":true' in body or b'"include_usage": true' in body
     anthropic = path.endswith(b"/messages")
-    model = "claude-3-5-haiku-20241022" if anthropic else "gpt-4o-mini"
+    model = "claude-haiku-4-5" if anthropic else "gpt-4o-mini"
     key = (anthropic, stream, usage)
     if key not in _cache:
         if not stream:

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 OPENAI_BODY = {"model": "gpt-4o-mini", "max_tokens": 64,
                "messages": [{"role": "user", "content": "Say hello in five words."}]}
-ANTHROPIC_BODY = {"model": "claude-3-5-haiku-20241022", "max_tokens": 64,
+ANTHROPIC_BODY = {"model": "claude-haiku-4-5", "max_tokens": 64,
                   "messages": [{"role": "user", "content": "Say hello in five words."}]}
 SHAPES = {
     "openai": ("/v1/chat/completions", OPENAI_BODY,

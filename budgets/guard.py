@@ -64,10 +64,11 @@ log = logging.getLogger("tokenpak.budget")
 LEASE_REFRESH_SECONDS = 0.5  # a budget set from the CLI or the admin applies within this long
 LEASE_MIN_GAP_SECONDS = 0.05  # a busy process wakes the lessor often: one refresh per 50 ms at most
 # Lease sizing, in units of the largest reservation this process saw in the last minute or two:
-LEASE_UNITS = 32  # the free part is topped up to this many requests' worth ...
+LEASE_UNITS = 256  # the free part is topped up to this many requests' worth (32 connections
+# in flight used up a 32-request lease between refreshes: requests fell to the exact path) ...
 LEASE_SHARE = 4  # ... but never more than 1/4 of the capacity nobody else holds;
 NEAR_UNITS = 32  # with less unbound capacity than this, no lease at all: the exact path rules.
-LOW_WATER_UNITS = 8  # an admission that leaves less free than this wakes the lessor at once
+LOW_WATER_UNITS = 64  # an admission that leaves less free than this wakes the lessor at once
 UNIT_WINDOW_SECONDS = 60.0
 LEASE_RENEW_SECONDS = 60.0  # far below hold_ttl(): a live process's lease never goes void
 DEFAULT_OUTPUT_TOKENS = 4096  # held for a request that names no max_tokens
