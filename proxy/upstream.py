@@ -23,7 +23,6 @@ import weakref
 import httpx
 from django.conf import settings
 
-
 SHARDS = 8
 
 
