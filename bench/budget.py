@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/budget.py [--requests N] [--database-url postgres://…]
 
-Starts the fake provider (tests/fakeprovider.py) and a daphne server on 127.0.0.1 with a fresh
+Starts the fake provider (tests/fakeprovider.py) and the production server (uvicorn, as `serve`) on 127.0.0.1 with a fresh
 ledger in a temporary TOKENPAK_HOME (SQLite unless --database-url), then sends the same
 sequential chat completions three ways: no budget, a global monthly budget, and a global plus
 an agent budget. Prints median and p99 latency of each and what the budgets add; exits non-zero
@@ -86,7 +86,7 @@ def main() -> None:
             rows.append((label, statistics.median(times), times[int(len(times) * 0.99) - 1]))
     base = rows[0][1]
     db = "PostgreSQL" if args.database_url else "SQLite"
-    print(f"{args.requests} sequential chat completions through daphne, {db}")
+    print(f"{args.requests} sequential chat completions through the production server, {db}")
     print(f"{'':<24} {'p50 ms':>8} {'p99 ms':>8} {'added p50':>10}")
     for label, p50, p99 in rows:
         print(f"{label:<24} {p50:>8.2f} {p99:>8.2f} {p50 - base:>+10.2f}")

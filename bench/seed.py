@@ -50,7 +50,7 @@ def seed(n: int, days: int = 120, chunk: int = 20_000) -> None:
                "saved_nano_usd"]
     us_cols = ["trace_id", "input_tokens", "output_tokens", "tokens_saved", "savings_pct",
                "cache_hit", "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens",
-               "reasoning_tokens", "estimated"]
+               "reasoning_tokens", "estimated", "saved_estimated"]
     co_cols = ["trace_id", "cost_usd", "cost_saved_usd", "pricing_source", "priced_as"]
 
     def insert(table: str, cols: list[str], rows: list[tuple]) -> None:
@@ -84,7 +84,7 @@ def seed(n: int, days: int = 120, chunk: int = 20_000) -> None:
                            round(rng.uniform(50, 800), 3), "provider", inp, out, saved, cost,
                            saved_cost))
             usage.append((trace, inp, out, saved, 100.0 * saved / (inp + saved) if saved else 0.0,
-                          cached > 0, cached, 0, 0, 0, False))
+                          cached > 0, cached, 0, 0, 0, False, False))
             costs.append((trace, str(Decimal(cost) / NANO), str(Decimal(saved_cost) / NANO),
                           "catalog", model))
         with transaction.atomic():

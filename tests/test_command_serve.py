@@ -1,11 +1,12 @@
-"""`tokenpak serve`: the production command, one process or several sharing one ledger."""
+"""`tokenpak serve`: the production command, one process or several sharing one ledger.
+
+The servers write to the suite's database, SQLite or PostgreSQL, like any other live server."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -15,20 +16,21 @@ import openai
 import pytest
 
 from tests.conftest import wait_for
-from tests.live import ROOT, answers, default_signals, free_port
+from tests.live import ROOT, answers, database_env, default_signals, free_port
 
 TOKENPAK = Path(sys.executable).parent / "tokenpak"
 
 
-def serve(tmp_path: Path, fake, *args: str, **extra: str) -> tuple[subprocess.Popen, str, Path]:
-    port, db = free_port(), tmp_path / "ledger.db"
+def serve(tmp_path: Path, fake, *args: str, **extra: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
     env = {**os.environ, "TOKENPAK_HOME": str(tmp_path / "home"),
-           "DJANGO_SETTINGS_MODULE": "tokenpak_site.settings", "DATABASE_URL": "",
-           "TOKENPAK_OPENAI_BASE_URL": fake.url, "TOKENPAK_ANTHROPIC_BASE_URL": fake.url, **extra}
-    proc = subprocess.Popen([str(TOKENPAK), "serve", "--port", str(port), "--db", str(db), *args],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, preexec_fn=default_signals)
-    return proc, f"http://127.0.0.1:{port}", db
+           "DJANGO_SETTINGS_MODULE": "tokenpak_site.settings", "TOKENPAK_PORT": str(port),
+           "TOKENPAK_OPENAI_BASE_URL": fake.url, "TOKENPAK_ANTHROPIC_BASE_URL": fake.url,
+           "TOKENPAK_RETENTION_DAYS": "0", **database_env(), **extra}
+    proc = subprocess.Popen([str(TOKENPAK), "serve", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=default_signals)
+    return proc, f"http://127.0.0.1:{port}"
 
 
 def workers_of(pid: int) -> list[int]:
@@ -36,13 +38,14 @@ def workers_of(pid: int) -> list[int]:
     return [int(c) for c in children]
 
 
-def ledger(db: Path, sql: str) -> tuple:
-    with sqlite3.connect(db) as conn:
-        return conn.execute(sql).fetchone()
+def chats() -> list:
+    from telemetry.models import Event
+
+    return list(Event.objects.filter(event_type="chat.completions").select_related("usage"))
 
 
-def test_it_runs_several_workers_that_write_one_ledger(tmp_path, fake):
-    proc, url, db = serve(tmp_path, fake, "--workers", "2")
+def test_it_runs_several_workers_that_write_one_ledger(transactional_db, tmp_path, fake):
+    proc, url = serve(tmp_path, fake, "--workers", "2")
     try:
         wait_for(lambda: answers(url), timeout=60)
         wait_for(lambda: len(workers_of(proc.pid)) >= 2, timeout=30)
@@ -59,11 +62,11 @@ def test_it_runs_several_workers_that_write_one_ledger(tmp_path, fake):
             return [r.choices[0].message.content for r in replies]
 
         assert all(asyncio.run(burst()))
-        # 60 requests and the readiness probe: every one a row, none twice.
-        wait_for(lambda: ledger(db, "select count(*) from tp_events")[0] == 61, timeout=20)
-        assert ledger(db, "select count(distinct trace_id), sum(input_tokens) from tp_events "
-                          "where event_type = 'chat.completions'") == (60, 60_000)
-        assert ledger(db, "select count(*) from tp_usage")[0] == 61
+        # Every request a row with its usage, none twice, from whichever worker served it.
+        wait_for(lambda: len(chats()) == 60, timeout=20)
+        events = chats()
+        assert len({e.trace_id for e in events}) == 60
+        assert sum(e.usage.input_tokens for e in events) == 60_000
     finally:
         proc.send_signal(signal.SIGINT)
         output = proc.communicate(timeout=30)[0].decode()
@@ -73,9 +76,9 @@ def test_it_runs_several_workers_that_write_one_ledger(tmp_path, fake):
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
-def test_it_writes_the_rows_still_queued_when_stopped(tmp_path, fake, workers):
+def test_it_writes_the_rows_still_queued_when_stopped(transactional_db, tmp_path, fake, workers):
     # A 30 s batch window: every row is still in its worker's queue when the stop comes.
-    proc, url, db = serve(tmp_path, fake, "--workers", workers, TOKENPAK_FLUSH_SECONDS="30")
+    proc, url = serve(tmp_path, fake, "--workers", workers, TOKENPAK_FLUSH_SECONDS="30")
     try:
         wait_for(lambda: answers(url), timeout=60)
         client = openai.OpenAI(base_url=url + "/v1", api_key="sk-serve-0000", max_retries=0)
@@ -87,13 +90,12 @@ def test_it_writes_the_rows_still_queued_when_stopped(tmp_path, fake, workers):
         proc.send_signal(signal.SIGTERM)
         output = proc.communicate(timeout=30)[0].decode()
     assert time.monotonic() - started < 20, "the stop waited for the batch window"
-    assert ledger(db, "select count(*) from tp_events where event_type = 'chat.completions'"
-                  )[0] == 12, output
+    assert len(chats()) == 12, output
     assert "Traceback" not in output
 
 
 def test_it_refuses_a_worker_count_it_cannot_run(tmp_path, fake):
-    proc, _, _ = serve(tmp_path, fake, "--workers", "0")
+    proc, _ = serve(tmp_path, fake, "--workers", "0")
     output = proc.communicate(timeout=60)[0].decode()
     assert proc.returncode != 0
     assert output.strip().splitlines()[-1] == (
