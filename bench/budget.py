@@ -2,11 +2,12 @@
 
     .venv/bin/python bench/budget.py [--requests N] [--database-url postgres://…]
 
-Starts the fake provider (tests/fakeprovider.py) and the production server (uvicorn, as `serve`) on 127.0.0.1 with a fresh
-ledger in a temporary TOKENPAK_HOME (SQLite unless --database-url), then sends the same
-sequential chat completions three ways: no budget, a global monthly budget, and a global plus
-an agent budget. Prints median and p99 latency of each and what the budgets add; exits non-zero
-only on errors. The p50s include the server and the fake provider, so only differences matter.
+Starts the fake provider (tests/fakeprovider.py) and the production server (uvicorn, as
+`serve`) on 127.0.0.1 with a fresh ledger in a temporary TOKENPAK_HOME (SQLite unless
+--database-url), then sends the same sequential chat completions three ways: no budget, a
+global monthly budget, and a global plus an agent budget. Prints median and p99 latency of each
+and what the budgets add; exits non-zero only on errors. The p50s include the server and the
+fake provider, so only differences matter.
 """
 
 from __future__ import annotations
