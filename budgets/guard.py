@@ -591,8 +591,12 @@ class Lessor:
         low = LOW_WATER_UNITS * self.unit
         with self.lock:
             leases = [self.leases.get(k) for k in keys]
+            # Spend plus this process's whole lease must still fit: a request that cost far more
+            # than its reservation can push spend up after the lease was granted, and then the
+            # exact path decides (and gives the free part back).
             if not all(lease is not None and lease.start <= rec.ts < lease.end
-                       and lease.free >= r and lease.spent_nano < lease.limit_nano
+                       and lease.free >= r
+                       and lease.spent_nano + lease.free + lease.inflight <= lease.limit_nano
                        for lease in leases):
                 taken: list[Lease] = []
             else:
