@@ -229,7 +229,11 @@ async def _relay(
     stored: list[bytes] | None = [] if settings.STORE_PROMPTS else None
     status, error_class = Status.OK, ""
     try:
-        async for chunk in response.aiter_bytes():
+        # Raw bytes unless the provider compressed the stream: httpx's decoding layers cost
+        # per chunk, and a stream is hundreds of chunks.
+        chunks = (response.aiter_bytes() if "content-encoding" in response.headers
+                  else response.aiter_raw())
+        async for chunk in chunks:
             out = b"".join([tap.event(event) for event in splitter.feed(chunk)])
             if out:
                 if rec.ttfb_ms is None:
