@@ -219,23 +219,25 @@ async def sequential(target: Target, kind: tuple[str, bool], n: int) -> tuple[li
 
 
 async def throughput(target: Target, stream: bool, concurrency: int, seconds: float) -> float:
-    """Requests per second with `concurrency` connections busy; OpenAI and Anthropic alternate."""
+    """Requests per second with `concurrency` connections busy; OpenAI and Anthropic alternate.
+    Clients are made before the clock starts: an SDK client takes milliseconds to build."""
     done = 0
-    stop_at = time.perf_counter() + seconds
+    conns = [CLIENT(target) for _ in range(concurrency)]
 
     async def worker(i: int) -> None:
         nonlocal done
-        conn = CLIENT(target)
         kind = ("openai" if i % 2 == 0 else "anthropic", stream)
-        try:
-            while time.perf_counter() < stop_at:
-                await conn.send(kind)
-                done += 1
-        finally:
-            await conn.close()
+        while time.perf_counter() < stop_at:
+            await conns[i].send(kind)
+            done += 1
 
     started = time.perf_counter()
-    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    stop_at = started + seconds
+    try:
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    finally:
+        for conn in conns:
+            await conn.close()
     return done / (time.perf_counter() - started)
 
 
