@@ -707,44 +707,55 @@ class Lessor:
                 # The connection stays open between refreshes (a new SQLite connection sets up
                 # WAL and a 1 GB mmap each time); _reset_connection() drops it after an error.
                 self.refresh()
-                if self.failed:
-                    log.warning("budget leases: the database answers again")
-                self.failed = False
+                self._answered(None)
             except DatabaseError as e:
-                _reset_connection()
-                if not self.failed:
-                    log.error("budget leases not refreshed: %s", e)
-                self.failed = True
+                self._answered(e)
             except Exception:  # the thread must outlive any one bad refresh
                 log.exception("budget leases not refreshed")
 
     def read_budgets(self) -> None:
+        """For the exact path's first request. Fails open: a ledger that cannot be read must
+        not stop the user's traffic."""
         try:
-            found: dict[str, list[LeaseKey]] = defaultdict(list)
-            ids: dict[LeaseKey, int] = {}
-            for pk, agent, period in Budget.objects.values_list("pk", "agent", "period"):
-                found[agent].append((agent, period))
-                ids[(agent, period)] = pk
-            self.ids = ids
-            self.budgets = {agent: tuple(keys) for agent, keys in found.items()}
-            if self.failed:
-                log.warning("budgets readable again: enforced")
-            self.failed = False
+            self._read_budgets()
+            self._answered(None)
         except DatabaseError as e:
-            _reset_connection()
-            # Fail open: a ledger that cannot be read must not stop the user's traffic.
-            if not self.failed:
-                log.error("budgets unreadable, not enforced until the database answers: %s", e)
-            self.failed = True
             self.budgets = {}
+            self._answered(e)
+
+    def _read_budgets(self) -> None:
+        found: dict[str, list[LeaseKey]] = defaultdict(list)
+        ids: dict[LeaseKey, int] = {}
+        for pk, agent, period in Budget.objects.values_list("pk", "agent", "period"):
+            found[agent].append((agent, period))
+            ids[(agent, period)] = pk
+        self.ids = ids
+        self.budgets = {agent: tuple(keys) for agent, keys in found.items()}
+
+    def _answered(self, error: DatabaseError | None) -> None:
+        """Say once that the database stopped answering, and once that it answers again."""
+        if error is None:
+            if self.failed:
+                log.warning("budgets: the database answers again; enforced")
+            self.failed = False
+            return
+        _reset_connection()
+        if not self.failed:
+            log.error("budgets not enforced, leases not refreshed, until the database "
+                      "answers: %s", error)
+        self.failed = True
 
     def refresh(self, now: float | None = None) -> None:
         """Re-read the budgets and prices; grant, renew and release leases. Never on the
         request path: this thread's locked transaction is what the requests no longer make.
         `now` is for tests that cross a period's end."""
         pricing.refresh()
-        self.read_budgets()
-        budgets = self.budgets or {}
+        try:
+            self._read_budgets()
+        except DatabaseError:
+            self.budgets = {}  # fail open until it answers; _run says so once
+            raise
+        budgets = self.budgets
         with self.lock:
             if not self.unit:  # no budgeted traffic for a minute or two: give the leases back
                 self.wanted.clear()
