@@ -72,7 +72,3 @@ def upstream() -> Upstream:
     if u is None or u.client.is_closed:
         u = _upstreams[loop] = Upstream()
     return u
-
-
-def client() -> httpx.AsyncClient:
-    return upstream().client

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 from django.conf import settings
@@ -176,7 +177,7 @@ class LedgerWriter:
             # This thread shares the GIL with the event loop: give it back between rows, so a
             # request waits for one row's work at most, never for a whole batch's.
             time.sleep(0)
-        events = [_Row(row[0]) for row in rows]
+        events = [SimpleNamespace(**row[0]) for row in rows]  # for guard.settle()
         for attempt in range(5):
             try:
                 with transaction.atomic(), connection.cursor() as cursor:
@@ -320,13 +321,6 @@ def _log_request(r: Record, event: dict, usage: dict, cost: dict) -> None:
     )
 
 
-class _Row:
-    """A written tp_events row's values as attributes, for guard.settle()."""
-
-    def __init__(self, values: dict) -> None:
-        self.__dict__.update(values)
-
-
 class _Insert:
     """One table's INSERT, prepared once from its model: plain values, one executemany.
 
@@ -338,7 +332,9 @@ class _Insert:
         # Every column but an auto-increment id, which the database fills in.
         self.fields = [f for f in model._meta.concrete_fields
                        if not (f.primary_key and isinstance(f, models.AutoField))]
-        self.defaults = tuple(f.get_default() for f in self.fields)
+        self.names = [f.attname for f in self.fields]
+        self.defaults = [f.get_default() for f in self.fields]
+        self.stamps = [i for i, f in enumerate(self.fields) if isinstance(f, models.DateTimeField)]
         self.sql = ""
 
     def insert(self, cursor: Any, rows: list[dict]) -> None:
@@ -349,13 +345,11 @@ class _Insert:
             self.sql = "INSERT INTO {} ({}) VALUES ({})".format(
                 qn(self.model._meta.db_table), ", ".join(qn(f.column) for f in self.fields),
                 ", ".join(["%s"] * len(self.fields)))
-        names = [f.attname for f in self.fields]
-        stamps = [i for i, f in enumerate(self.fields) if isinstance(f, models.DateTimeField)]
         params = []
         for row in rows:
-            values = [row.get(name, default) for name, default in zip(names, self.defaults,
-                                                                        strict=True)]
-            for i in stamps:  # SQLite keeps datetimes as text, in Django's own format
+            values = [row.get(name, default)
+                      for name, default in zip(self.names, self.defaults, strict=True)]
+            for i in self.stamps:  # SQLite keeps datetimes as text, in Django's own format
                 values[i] = connection.ops.adapt_datetimefield_value(values[i])
             params.append(values)
         cursor.executemany(self.sql, params)
