@@ -59,10 +59,8 @@ def start_server(
     """A server of its own with extra settings (environment names as keyword arguments)."""
     started: list[LiveServer] = []
 
-    def start(home: Path | None = None, server: str = "uvicorn", workers: int = 1,
-              **extra: str) -> LiveServer:
-        server = LiveServer(_server_env(fake, **extra), home or tmp_path / "home",
-                            server=server, workers=workers).start()
+    def start(home: Path | None = None, **extra: str) -> LiveServer:
+        server = LiveServer(_server_env(fake, **extra), home or tmp_path / "home").start()
         started.append(server)
         return server
 

@@ -1,4 +1,4 @@
-"""The app as users run it: a daphne process on 127.0.0.1, on the test database."""
+"""The app as users run it: the production server (uvicorn), on the test database."""
 
 from __future__ import annotations
 
@@ -42,17 +42,15 @@ UVICORN = (
     "import sys, uvicorn; "
     "from tokenpak_site.management.commands.serve import UVICORN; "
     "uvicorn.run('tokenpak_site.asgi:application', host='127.0.0.1', port=int(sys.argv[1]), "
-    "workers=int(sys.argv[2]), **UVICORN)"
+    "**UVICORN)"
 )
 
 
 class LiveServer:
-    """The proxy in a process of its own: uvicorn with `serve`'s options (what users run), or
-    daphne (`runserver`'s server) when asked."""
+    """The proxy in a process of its own: uvicorn with `serve`'s options, what users run.
+    (`runserver`, daphne, has a test of its own.)"""
 
-    def __init__(self, env: dict[str, str], home: Path, server: str = "uvicorn",
-                 workers: int = 1) -> None:
-        self.server, self.workers = server, workers
+    def __init__(self, env: dict[str, str], home: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.home = home
@@ -69,15 +67,8 @@ class LiveServer:
 
     def start(self) -> LiveServer:
         out = open(self.log_path, "wb")  # noqa: SIM115 - the child writes it until stop()
-        if self.server == "daphne":
-            # Twisted's default listen backlog of 50 resets connections in a burst of 500.
-            command = [sys.executable, "-m", "daphne",
-                       "-e", f"tcp:port={self.port}:interface=127.0.0.1:backlog=2048",
-                       "tokenpak_site.asgi:application"]
-        else:
-            command = [sys.executable, "-c", UVICORN, str(self.port), str(self.workers)]
         self.proc = subprocess.Popen(
-            command,
+            [sys.executable, "-c", UVICORN, str(self.port)],
             cwd=ROOT,
             env=self.env,
             stdout=out,

@@ -347,7 +347,7 @@ def test_it_exports_but_never_imports(browser, ledger):
 
 
 def test_it_streams_a_csv_export_through_the_asgi_server(server, traffic, django_user_model):
-    """The download path users take: daphne, a signed-in session, a streamed response."""
+    """The download path users take: uvicorn, a signed-in session, a streamed response."""
     import re as _re
 
     import httpx

@@ -291,3 +291,19 @@ def test_it_gives_back_its_free_lease_when_an_exact_check_would_see_it_exceeded(
     Hold.objects.filter(pk=lease.hold_id).update(amount_nano=free)
     assert guard.admit(new_trace_id(), "", "anthropic", "claude-haiku-4-5", 500, 100,
                        time.time()).blocked
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_stops_admitting_on_a_lease_once_spend_leaves_it_no_room(lessor):
+    budget("100", "block")
+    lease = leased(lessor)
+    key = ("", "monthly", lease.start)
+    # Requests far costlier than their reservations land (this process's writer says so): the
+    # spend plus the whole lease just fits the $100 limit, then no longer does.
+    lessor.spent({key: 100 * 10**9 - lease.free - lease.inflight - lease.spent_nano})
+    fits = request()
+    assert not check(fits).held and fits.leases  # admitted on the lease
+    lessor.spent({key: 1})
+    over = request()
+    verdict = check(over)
+    assert over.leases == [] and verdict.held  # decided exactly, with a hold of its own

@@ -34,7 +34,7 @@ ANSWER = DEFAULT_TEXT + "\n\n" + FOOTER
 
 @pytest.fixture(scope="module")
 def _footer_server(django_db_setup, django_db_blocker, fake_provider, tmp_path_factory):
-    # One server for the module, like the shared `server`: a daphne start per test is slow.
+    # One server for the module, like the shared `server`: a server start per test is slow.
     with django_db_blocker.unblock():
         env = _server_env(fake_provider, TOKENPAK_STATS_FOOTER="1")
     server = LiveServer(env, tmp_path_factory.mktemp("footer") / "home").start()

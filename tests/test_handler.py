@@ -42,7 +42,11 @@ def test_it_sends_json_answers_with_their_length(server, fake, rows):
 
 def test_it_answers_a_path_no_route_takes_with_404(server, fake, rows):
     response = httpx.get(server.url + "/v1/", headers={"authorization": f"Bearer {KEY}"})
-    assert response.status_code in (404, 405)
+    assert (response.status_code, response.text) == (404, "Not Found")
+    # A route that takes only POST says so instead.
+    other = httpx.get(server.url + "/openai/v1/embeddings",
+                      headers={"authorization": f"Bearer {KEY}"})
+    assert other.status_code == 405
     assert fake.log == []
 
 
