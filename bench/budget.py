@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
+from bench.overhead import ensure_database  # noqa: E402
 from tests.fakeprovider import FakeProvider  # noqa: E402
 from tests.live import LiveServer, answers  # noqa: E402
 
@@ -58,6 +59,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--database-url", default="")
     args = parser.parse_args()
+    if args.database_url:
+        ensure_database(args.database_url)
     home = Path(tempfile.mkdtemp(prefix="tp-bench-budget-"))
     env = {**os.environ, "TOKENPAK_HOME": str(home), "DJANGO_SETTINGS_MODULE":
            "tokenpak_site.settings", "DATABASE_URL": args.database_url,

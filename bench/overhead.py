@@ -284,7 +284,22 @@ def rss_kb(pid: int) -> int:
     return total
 
 
+def ensure_database(url: str) -> None:
+    """Create the PostgreSQL database --database-url names when it does not exist yet."""
+    import psycopg
+    from psycopg import sql
+
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/")
+    server = parts._replace(path="/postgres").geturl()
+    with psycopg.connect(server, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone() is None:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
 def start_proxy(args: argparse.Namespace, provider_url: str, home: Path) -> tuple:
+    if args.database_url:
+        ensure_database(args.database_url)
     env = {**os.environ, "TOKENPAK_HOME": str(home), "DJANGO_SETTINGS_MODULE":
            "tokenpak_site.settings", "DATABASE_URL": args.database_url,
            "TOKENPAK_OPENAI_BASE_URL": provider_url,
@@ -450,6 +465,9 @@ def main() -> None:
         if proxy is not None:
             time.sleep(1.5)  # the writer's last batch
             print(f"\nledger rows written: {ledger_rows(args, home):,}")
+    except subprocess.CalledProcessError as e:
+        print(f"bench/overhead.py: setting up the proxy failed: {e}", file=sys.stderr)
+        code = 1
     except Exception as e:  # any failed request: the numbers would be of something else
         print(f"bench/overhead.py: a request failed: {e}", file=sys.stderr)
         code = 1
