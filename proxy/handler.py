@@ -5,9 +5,9 @@ proxy route does not use: seven middleware (sessions, CSRF, auth, messages: an S
 cookies), request_started/request_finished signals whose receivers run on a worker thread
 (two thread hops), and a fresh thread per request for thread-sensitive code. The proxy path
 touches no database on the event loop and uses no session, so `ProxyFirst` takes the routes
-under /v1, /openai/v1 and /anthropic/v1 from the ASGI server to the same ninja operations
-Django would call, and passes every other path (admin, API docs, dashboard) to Django
-untouched, middleware and all.
+under /v1 (but /v1/telemetry), /openai/v1 and /anthropic/v1 from the ASGI server to the
+same ninja operations Django would call, and passes every other path (admin, API docs,
+dashboard, telemetry API) to Django untouched, middleware and all.
 
 Kept from Django's handler: the Host check against ALLOWED_HOSTS (a page in the browser must
 not reach the proxy through DNS rebinding), URL resolution, and a client that disconnects
@@ -36,6 +36,9 @@ App = Callable[[Scope, Receive, Send], Awaitable[None]]
 log = logging.getLogger("django.request")
 
 PREFIXES = ("/v1/", "/openai/v1/", "/anthropic/v1/")
+# The telemetry REST API shares /v1 with OpenAI's paths but is Django's: it needs the session
+# and auth middleware this path skips.
+DJANGO_PREFIXES = ("/v1/telemetry/",)
 
 
 class _Gone(Exception):
@@ -48,7 +51,9 @@ class ProxyFirst:
         self.on_stop = on_stop
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(PREFIXES):
+        path = scope.get("path", "")
+        if (scope["type"] == "http" and path.startswith(PREFIXES)
+                and not path.startswith(DJANGO_PREFIXES)):
             await self.proxy(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self.lifespan(receive, send)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from django.conf import settings
@@ -11,7 +10,7 @@ from django.core.management.base import CommandError
 
 from telemetry import reports
 
-LABELS = {"today": "Today", "week": "This week", "month": "This month"}
+LABELS = reports.LABELS
 TELEMETRY_OFF = "Telemetry is off (TOKENPAK_DB=/dev/null): requests are forwarded, none recorded"
 
 
@@ -43,55 +42,14 @@ def filters(
 ) -> tuple[str, reports.Filters]:
     """Parse the flags; a bad date, amount or combination becomes a one-line CommandError."""
     try:
-        return _filters(options, default_period)
+        return reports.parse_filters(
+            period=options.get("period"), since=options.get("since") or "",
+            until=options.get("until") or "", model=options.get("model") or "",
+            agent=options.get("agent") or "", min_cost=options.get("min_cost"),
+            default_period=default_period, flag="--",
+        )
     except reports.ReportError as e:
         raise CommandError(str(e)) from None
-
-
-def _filters(options: dict[str, Any], default_period: str | None) -> tuple[str, reports.Filters]:
-    period = options.get("period")
-    since_text, until_text = options.get("since"), options.get("until")
-    if period and (since_text or until_text):
-        raise reports.ReportError(f"--{period} and --since/--until cannot be combined")
-    since = until = None
-    if since_text:
-        since = reports.parse_date(since_text)
-    if until_text:
-        until = reports.parse_date(until_text, end=True)
-    if since and until and since >= until:
-        raise reports.ReportError("--since must be before --until")
-    if not (since or until):
-        period = period or default_period
-    if period:
-        since, until = reports.period(period)
-        label = LABELS[period]
-    elif since and until:
-        label = f"{since_text} to {until_text}"
-    elif since:
-        label = f"Since {since_text}"
-    elif until:
-        label = f"Until {until_text}"
-    else:
-        label = "All time"
-
-    min_cost = None
-    if options.get("min_cost") is not None:
-        try:
-            min_cost = Decimal(str(options["min_cost"]).lstrip("$"))
-        except InvalidOperation:
-            raise reports.ReportError(
-                f"bad --min-cost {options['min_cost']!r}: use a number of dollars, like 0.05"
-            ) from None
-        if not min_cost.is_finite() or min_cost < 0:
-            raise reports.ReportError("--min-cost must be a positive number of dollars")
-    f = reports.Filters(
-        since=since,
-        until=until,
-        model=options.get("model") or "",
-        agent=options.get("agent") or "",
-        min_cost=min_cost,
-    )
-    return label, f
 
 
 class raw:

@@ -266,6 +266,8 @@ def _rows(r: Record) -> tuple[dict, dict, dict, list[dict], list[dict]]:
         upstream_status=r.upstream_status,
         ttfb_ms=None if r.ttfb_ms is None else round(r.ttfb_ms, 3),
         usage_source=source,
+        compress_ms=round(sum(ms for _, ms in r.compression.stages), 3)
+        if r.compression is not None and r.compression.stages else None,
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
         cost_nano_usd=int(cost_usd * NANO),

@@ -65,6 +65,8 @@ class Event(models.Model):
     usage_source = models.CharField(
         max_length=16, choices=UsageSource.choices, default=UsageSource.NONE
     )
+    # Time compression took on this request (all stages); NULL where it did not run.
+    compress_ms = models.FloatField(null=True, blank=True)
     # Copies of the figures in tp_usage / tp_costs, written in the same transaction and never
     # updated, so reports over a million rows are one index range scan instead of two joins.
     # Money as whole billionths of a dollar: SQL sums of integers are exact on every database.

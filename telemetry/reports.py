@@ -10,7 +10,7 @@ import re
 import zoneinfo
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, time, timedelta
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from django.conf import settings
@@ -21,6 +21,7 @@ from telemetry.models import NANO, Event, PricingSource
 
 ZERO = Decimal("0")
 PERIODS = ("today", "week", "month")
+LABELS = {"today": "Today", "week": "This week", "month": "This month"}
 
 
 class ReportError(ValueError):
@@ -197,6 +198,61 @@ def span(qs: QuerySet[Event]) -> tuple[float | None, float | None]:
     return ts.first(), ts.last()
 
 
+def parse_filters(
+    *,
+    period: str | None = None,
+    since: str = "",
+    until: str = "",
+    model: str = "",
+    agent: str = "",
+    min_cost: str | None = None,
+    compressed_only: bool = False,
+    default_period: str | None = None,
+    flag: str = "",
+) -> tuple[str, Filters]:
+    """The seed's filters as text (command-line flags, URL parameters) → (label, Filters).
+    One definition for the commands, the dashboard and the REST API; `flag` prefixes names in
+    error messages ("--" on the command line)."""
+    since, until = since.strip(), until.strip()
+    if period and (since or until):
+        raise ReportError(f"{flag}{period} and {flag}since/{flag}until cannot be combined")
+    start = end = None
+    if since:
+        start = parse_date(since)
+    if until:
+        end = parse_date(until, end=True)
+    if start and end and start >= end:
+        raise ReportError(f"{flag}since must be before {flag}until")
+    if not (start or end):
+        period = period or default_period
+    if period:
+        if period not in PERIODS:
+            raise ReportError(f"unknown period {period!r}: use today, week or month")
+        start, end = period_bounds(period)
+        label = LABELS[period]
+    elif start and end:
+        label = f"{since} to {until}"
+    elif start:
+        label = f"Since {since}"
+    elif end:
+        label = f"Until {until}"
+    else:
+        label = "All time"
+    cost = None
+    if min_cost is not None and str(min_cost).strip() != "":
+        try:
+            cost = Decimal(str(min_cost).strip().lstrip("$"))
+        except InvalidOperation:
+            raise ReportError(
+                f"bad {flag}min-cost {min_cost!r}: use a number of dollars, like 0.05"
+            ) from None
+        if not cost.is_finite() or cost < 0:
+            raise ReportError(f"{flag}min-cost must be a positive number of dollars")
+    filters = Filters(since=start, until=end, model=model.strip(), agent=agent.strip(),
+                      min_cost=cost, compressed_only=compressed_only)
+    return label, filters
+
+
 # --- periods, dates, durations -------------------------------------------------------------
 
 
@@ -216,6 +272,9 @@ def period(name: str, now: datetime | None = None) -> tuple[datetime, datetime]:
     else:
         raise ReportError(f"unknown period {name!r}")
     return _midnight(start), _midnight(end)
+
+
+period_bounds = period  # parse_filters has a parameter named period
 
 
 def _midnight(d: date) -> datetime:

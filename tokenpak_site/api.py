@@ -3,6 +3,7 @@
 from ninja import NinjaAPI
 
 from proxy.api import router as proxy_router
+from telemetry.api import router as telemetry_router
 
 api = NinjaAPI(
     title="TokenPak",
@@ -10,4 +11,5 @@ api = NinjaAPI(
     docs_url="/api/docs",
     openapi_url="/api/openapi.json",
 )
+api.add_router("/v1/telemetry", telemetry_router)
 api.add_router("", proxy_router)

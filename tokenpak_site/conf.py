@@ -289,13 +289,25 @@ def database_from_url(url: str) -> dict[str, Any]:
 
 def secret_key(home_dir: Path) -> str:
     """Generated once, kept 0600 beside the ledger, so sessions survive restarts."""
-    path = home_dir / "secret_key"
-    if path.exists():
+    return kept_secret(home_dir / "secret_key", size=50)
+
+
+def kept_secret(path: Path, *, size: int = 32, renew: bool = False) -> str:
+    """A random secret kept in a 0600 file, made on first use (or made anew with renew)."""
+    if path.exists() and not renew:
         return path.read_text().strip()
-    key = secrets.token_urlsafe(50)
+    key = secrets.token_urlsafe(size)
+    if renew:
+        # A new file renamed over the old: a reader sees the old secret or the new, never half.
+        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key)
+        os.replace(tmp, path)
+        return key
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another worker won the race: use its key
+    except FileExistsError:  # another process won the race: use its secret
         return path.read_text().strip()
     with os.fdopen(fd, "w") as f:
         f.write(key)

@@ -1,0 +1,80 @@
+"""Who may read the ledger: a signed-in staff user, or whoever holds the local API token.
+
+The token lives in $TOKENPAK_HOME/api_token (0600, made on first use; `tokenpak token` prints
+it), so only the account that runs TokenPak can read it. Scripts send it as
+`Authorization: Bearer …`. A browser signs in with it once: that logs in the built-in user
+`local` (a superuser without a password), so the dashboard and the admin both open. Making a
+new token (`tokenpak token --rotate`) also gives `local` a new password hash, which ends every
+session signed in with the old token: Django checks that hash on each request.
+"""
+
+from __future__ import annotations
+
+import hmac
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth import get_user_model, login
+from django.contrib.auth.models import AbstractBaseUser
+from django.http import HttpRequest
+
+from tokenpak_site import conf
+
+LOCAL_USER = "local"
+
+
+def token_path() -> Path:
+    return Path(settings.TOKENPAK_HOME) / "api_token"
+
+
+def token() -> str:
+    conf.ensure_home(Path(settings.TOKENPAK_HOME))
+    return conf.kept_secret(token_path())
+
+
+def rotate() -> str:
+    conf.ensure_home(Path(settings.TOKENPAK_HOME))
+    new = conf.kept_secret(token_path(), renew=True)
+    user = get_user_model().objects.filter(username=LOCAL_USER).first()
+    if user is not None:
+        user.set_unusable_password()  # a new hash: the old token's sessions end
+        user.save(update_fields=["password"])
+    return new
+
+
+def token_matches(given: str) -> bool:
+    if not given or not token_path().exists():
+        return False
+    return hmac.compare_digest(given.encode(), token().encode())
+
+
+def bearer(request: HttpRequest) -> str:
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else ""
+
+
+def staff(request: HttpRequest) -> bool:
+    user = getattr(request, "user", None)
+    return bool(user and user.is_active and user.is_staff)
+
+
+def allowed(request: HttpRequest) -> bool:
+    return staff(request) or token_matches(bearer(request))
+
+
+def sign_in(request: HttpRequest, given: str) -> bool:
+    """Log the browser in as `local` when given is the token."""
+    if not token_matches(given.strip()):
+        return False
+    login(request, local_user(), backend="django.contrib.auth.backends.ModelBackend")
+    return True
+
+
+def local_user() -> AbstractBaseUser:
+    user, created = get_user_model().objects.get_or_create(
+        username=LOCAL_USER, defaults={"is_staff": True, "is_superuser": True}
+    )
+    if created:
+        user.set_unusable_password()
+        user.save(update_fields=["password"])
+    return user
