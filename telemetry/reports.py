@@ -156,7 +156,7 @@ BREAKDOWNS = {
 _QUARTER_HOUR = 900  # every time zone's offset is a whole number of quarter hours
 
 
-class _QuarterHour(Func):
+class QuarterHour(Func):
     """ts → its quarter-hour bucket, in SQL, from the covering index alone."""
 
     output_field = BigIntegerField()
@@ -181,15 +181,19 @@ def breakdown(qs: QuerySet[Event], by: str) -> list[tuple[str, Totals]]:
 def _by_day(qs: QuerySet[Event]) -> list[tuple[str, Totals]]:
     # Group by quarter hour in SQL (no per-row date functions), then fold the buckets into
     # local calendar days here: exact in every zone, DST included.
-    rows = qs.order_by().annotate(q=_QuarterHour("ts")).values("q").annotate(**_sums())
-    tz = zone()
+    rows = qs.order_by().annotate(q=QuarterHour("ts")).values("q").annotate(**_sums())
     days: dict[str, dict[str, int]] = {}
     for r in rows:
-        day = datetime.fromtimestamp(int(r["q"]) * _QUARTER_HOUR, tz=tz).date().isoformat()
+        day = local_day(r["q"])
         acc = days.setdefault(day, dict.fromkeys(_sums(), 0))
         for k in acc:
             acc[k] += r[k]
     return sorted((day, _totals(acc)) for day, acc in days.items())
+
+
+def local_day(quarter_hour: int) -> str:
+    """A QuarterHour bucket's calendar day in the configured zone, as YYYY-MM-DD."""
+    return datetime.fromtimestamp(int(quarter_hour) * _QUARTER_HOUR, tz=zone()).date().isoformat()
 
 
 def span(qs: QuerySet[Event]) -> tuple[float | None, float | None]:
