@@ -78,3 +78,9 @@ def local_user() -> AbstractBaseUser:
         user.set_unusable_password()
         user.save(update_fields=["password"])
     return user
+
+
+def sign_in_url(value: str) -> str:
+    """The link that signs a browser in: what `make run` and `token --url` print."""
+    base = f"http://{settings.RUNSERVER_ADDR}:{settings.TOKENPAK_PORT}"
+    return f"{base}/dashboard/login/?token={value}"

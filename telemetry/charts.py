@@ -30,7 +30,7 @@ def display(value: Any, kind: str) -> str:
         return "–"
     if isinstance(value, list):
         shown = [display(v, kind) for v in value]
-        if kind == "ms":
+        if kind == "ms" and all(s.endswith(" ms") for s in shown):
             return " / ".join(s.removesuffix(" ms") for s in shown) + " ms"
         return " / ".join(shown)
     if kind == "usd":

@@ -209,9 +209,9 @@ def engineering(label: str, f: reports.Filters) -> View:
     ])
 
 
-def sessions(label: str, f: reports.Filters, cursor: str = "") -> View:
+def sessions(label: str, f: reports.Filters, cursor: str = "", limit: int = PAGE) -> View:
     qs = reports.events(f)
-    page = listing.page(qs, cursor, PAGE)
+    page = listing.page(qs, cursor, limit)
     view = View("sessions", "Sessions", label, f, next_cursor=page.next_cursor)
     view.sections = [Section("requests", "Requests", REQUEST_COLUMNS,
                              [request_row(e) for e in page.rows])]

@@ -72,10 +72,20 @@ def sessions(request: HttpRequest) -> HttpResponseBase:
             if fmt not in exporting.FORMATS:
                 raise reports.ReportError(f"unknown format {fmt!r}: use csv or json")
             return _download(exporting.astream(reports.events(f), fmt), fmt, "requests")
-        view = dashboard.sessions(label, f, request.GET.get("cursor", ""))
+        view = dashboard.sessions(label, f, request.GET.get("cursor", ""),
+                                  _limit(request.GET.get("limit", "")))
     except reports.ReportError as e:
         return _bad(request, "sessions", str(e))
     return _respond(request, view)
+
+
+def _limit(text: str) -> int:
+    if not text:
+        return dashboard.PAGE
+    try:
+        return int(text)
+    except ValueError:
+        raise reports.ReportError(f"bad limit {text!r}: use a whole number of rows") from None
 
 
 @signed_in
@@ -142,6 +152,8 @@ def _respond(request: HttpRequest, view: dashboard.View) -> HttpResponseBase:
     template = "dashboard/_live.html" if request.GET.get("partial") == "live" else \
         "dashboard/view.html"
     query = {k: v for k, v in dashboard.form_values(request.GET).items() if v}
+    if request.GET.get("limit"):
+        query["limit"] = request.GET["limit"]
     return render(request, template, {
         "nav": NAV, "current": view.name, "title": view.title, "view": view,
         "form": dashboard.form_values(request.GET),

@@ -14,3 +14,10 @@ class Command(BaseCommand):
         self.stdout.write(f"Upstreams:      {upstreams}")
         ledger = settings.TOKENPAK_DB_LABEL if settings.TELEMETRY_ENABLED else "off (/dev/null)"
         self.stdout.write(f"Ledger:         {ledger}")
+        if settings.TELEMETRY_ENABLED:
+            from telemetry import access
+
+            # The first-run path: one link signs this browser in (the token is this machine
+            # account's; `tokenpak token --rotate` replaces it).
+            self.stdout.write(f"Dashboard:      {base}/dashboard/  (admin: {base}/admin/)")
+            self.stdout.write(f"Sign in:        {access.sign_in_url(access.token())}")

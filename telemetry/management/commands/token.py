@@ -1,6 +1,5 @@
 from typing import Any
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
 from telemetry import access
@@ -20,11 +19,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         value = access.rotate() if options["rotate"] else access.token()
         if options["url"]:
-            self.stdout.write(sign_in_url(value))
+            self.stdout.write(access.sign_in_url(value))
         else:
             self.stdout.write(value)
 
-
-def sign_in_url(value: str) -> str:
-    base = f"http://{settings.RUNSERVER_ADDR}:{settings.TOKENPAK_PORT}"
-    return f"{base}/dashboard/login/?token={value}"
