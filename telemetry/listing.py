@@ -33,7 +33,9 @@ def parse_cursor(text: str) -> tuple[float, str]:
             raise ValueError
         return float(ts), trace_id
     except ValueError:
-        raise ReportError(f"bad cursor {text!r}: use the next_cursor of the previous page") from None
+        raise ReportError(
+            f"bad cursor {text!r}: use the next_cursor of the previous page"
+        ) from None
 
 
 def page(qs: QuerySet[Event], cursor: str = "", limit: int = 50) -> Page:
