@@ -38,6 +38,7 @@ class Filters:
     until: datetime | None = None  # exclusive
     model: str = ""
     agent: str = ""
+    session: str = ""
     provider: str = ""
     status: str = ""
     min_cost: Decimal | None = None
@@ -50,6 +51,8 @@ class Filters:
             parts.append(f"model {self.model}")
         if self.agent:
             parts.append(f"agent {self.agent}")
+        if self.session:
+            parts.append(f"session {self.session}")
         if self.provider:
             parts.append(f"provider {self.provider}")
         if self.status:
@@ -72,6 +75,8 @@ def events(f: Filters | None = None) -> QuerySet[Event]:
         qs = qs.filter(model=f.model)
     if f.agent:
         qs = qs.filter(agent_id=f.agent)
+    if f.session:
+        qs = qs.filter(session_id=f.session)
     if f.provider:
         qs = qs.filter(provider=f.provider)
     if f.status:

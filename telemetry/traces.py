@@ -27,8 +27,7 @@ def trace(event: Event) -> dict[str, Any]:
     return {
         "trace_id": event.trace_id,
         "request_id": event.request_id,
-        "time": datetime.fromtimestamp(event.ts, tz=UTC).astimezone(reports.zone()).isoformat(
-            timespec="seconds"),
+        "time": moment(event.ts),
         "provider": event.provider,
         "endpoint": event.endpoint,
         "model": event.model,
@@ -53,12 +52,18 @@ def trace(event: Event) -> dict[str, Any]:
         "cache_write_tokens": usage.cache_write_tokens,
         "reasoning_tokens": usage.reasoning_tokens,
         "usage_source": event.usage_source,
-        "cost_usd": str(reports.usd(event.cost_nano_usd)),
-        "cost_saved_usd": str(reports.usd(event.saved_nano_usd)),
+        "cost_usd": reports.plain(reports.usd(event.cost_nano_usd)),
+        "cost_saved_usd": reports.plain(reports.usd(event.saved_nano_usd)),
         "pricing_source": cost.pricing_source,
         "priced_as": cost.priced_as,
         "capture": captured(capture) if (capture := getattr(event, "capture", None)) else None,
     }
+
+
+def moment(ts: float) -> str:
+    """A ledger ts as the local ISO time people read, to the second."""
+    return datetime.fromtimestamp(ts, tz=UTC).astimezone(reports.zone()).isoformat(
+        timespec="seconds")
 
 
 def captured(c: Capture) -> dict[str, Any]:
