@@ -22,7 +22,7 @@ from ninja.errors import HttpError, ValidationError
 from ninja.security import HttpBearer, SessionAuthIsStaff
 from pydantic import field_validator
 
-from telemetry import access, exporting, listing, reports, traces
+from telemetry import access, dashboard, exporting, listing, reports, traces
 from telemetry.commandline import TELEMETRY_OFF
 from telemetry.models import Event, Status
 
@@ -39,7 +39,8 @@ router = Router(tags=["telemetry"], auth=[LocalToken(), SessionAuthIsStaff()])
 
 
 class Filtering(Schema):
-    """The `cost` command's filters, plus session and status. No period and no dates: all time."""
+    """The `cost` command's filters, plus session and status. No period and no dates: the last
+    7 days, as on the dashboard (all time is since=2000-01-01)."""
 
     period: Literal["today", "week", "month"] | None = Field(
         None, description="calendar period in the configured time zone (weeks start Monday)")
@@ -253,7 +254,7 @@ def _filters(q: Filtering) -> tuple[str, reports.Filters]:
         min_cost=q.min_cost, compressed_only=q.compressed_only,
     )
     status = q.status.value if q.status else ""
-    return label, replace(f, session=q.session.strip(), status=status)
+    return dashboard.default_range(label, replace(f, session=q.session.strip(), status=status))
 
 
 def _iso(moment: datetime | None) -> str | None:

@@ -111,6 +111,11 @@ def parse(params: Mapping[str, str]) -> tuple[str, reports.Filters]:
         min_cost=form["min_cost"] or None,
         compressed_only=form["compressed_only"].lower() in ("1", "on", "true", "yes"),
     )
+    return default_range(label, f)
+
+
+def default_range(label: str, f: reports.Filters) -> tuple[str, reports.Filters]:
+    """No dates and no period: the last 7 days, today included (the REST API's default too)."""
     if f.since is None and f.until is None:
         today = reports.period("today")[0]
         f = replace(f, since=today - timedelta(days=DEFAULT_DAYS - 1))

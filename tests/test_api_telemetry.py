@@ -116,13 +116,16 @@ def test_it_sums_exactly_as_cost_json_does(traffic, api):
         "coder": 4, "reviewer": 2, "(none)": 1}
 
 
-def test_it_answers_for_all_time_without_a_period_or_dates(traffic, api):
+def test_it_answers_for_the_last_7_days_without_a_period_or_dates(traffic, api):
     age([traffic[0].trace_id], days=400)
     summary = get(api, "/summary")
-    assert (summary["period"], summary["since"], summary["until"], summary["filters"]) == (
-        "All time", None, None, "")
-    assert summary["totals"] == cost("--since", days_ago(401))["totals"]
-    assert summary["totals"]["requests"] == 7
+    assert (summary["period"], summary["until"], summary["filters"]) == ("Last 7 days", None, "")
+    assert summary["since"] == (reports.period("today")[0] - timedelta(days=6)).isoformat()
+    assert summary["totals"] == cost("--since", days_ago(6))["totals"]
+    assert summary["totals"]["requests"] == 6
+    everything = get(api, "/summary", since=days_ago(401))
+    assert everything["totals"] == cost("--since", days_ago(401))["totals"]
+    assert everything["totals"]["requests"] == 7
     assert totals(api, period="today")["requests"] == 6
 
 
@@ -332,7 +335,7 @@ def test_it_refuses_a_bad_parameter_with_400_and_one_line(server, api, path, par
 
 
 def test_it_takes_an_empty_period_or_status_as_none_given(server, api):
-    assert get(api, "/summary", period="", status="")["period"] == "All time"
+    assert get(api, "/summary", period="", status="")["period"] == "Last 7 days"
 
 
 def test_it_answers_401_without_the_token(server, token):
@@ -378,7 +381,7 @@ def test_it_lets_a_signed_in_staff_user_in(server, django_user_model):
         signed_in = browser.post("/admin/login/?next=/admin/", data={
             "csrfmiddlewaretoken": csrf, "username": "auditor", "password": "pw-for-test"})
         assert signed_in.status_code == 302 and "sessionid" in browser.cookies
-        assert browser.get(f"{API}/summary").json()["period"] == "All time"
+        assert browser.get(f"{API}/summary").json()["period"] == "Last 7 days"
         assert browser.get(f"{API}/sessions").json()["count"] == 0
         browser.post("/admin/logout/", data={"csrfmiddlewaretoken": browser.cookies["csrftoken"]},
                      headers={"referer": server.url + "/admin/"})
