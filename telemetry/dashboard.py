@@ -27,7 +27,6 @@ from django.db.models import (
     FloatField,
     Func,
     IntegerField,
-    Q,
     QuerySet,
     Sum,
     When,
@@ -433,29 +432,31 @@ def latency_rows(duration: list[tuple[int, int]], ttfb: list[tuple[int, int]]
 
 
 def error_rows(qs: QuerySet[Event], f: reports.Filters) -> list[dict[str, Any]]:
-    """Requests and errors per local day, from one grouped scan."""
-    days: dict[str, list[int]] = {}
-    rows = (qs.order_by().annotate(q=reports.QuarterHour("ts")).values("q")
-            .annotate(n=Count("*"), e=Sum(Case(When(~Q(status__in=NOT_ERRORS), then=1), default=0,
-                                     output_field=IntegerField()))))
-    for r in rows:
-        acc = days.setdefault(reports.local_day(r["q"]), [0, 0])
-        acc[0] += r["n"]
-        acc[1] += r["e"]
+    """Requests and errors per local day."""
+    days = {day: t.requests for day, t in reports.breakdown(qs, "day")}
+    errors: dict[str, int] = {}
+    # ts + 0 is not the tp_events_quarter expression: errors are few, and are read from the
+    # status index (covering) instead of looked up row by row from the quarter-hour one.
+    failed = (qs.filter(status__in=ERRORS).order_by()
+              .annotate(q=reports.QuarterHour(F("ts") + 0)).values("q").annotate(n=Count("*")))
+    for r in failed:
+        day = reports.local_day(r["q"])
+        errors[day] = errors.get(day, 0) + r["n"]
     out = []
     for day in range_days(f, days):
-        n, e = days.get(day, (0, 0))
+        n, e = days.get(day, 0), errors.get(day, 0)
         out.append({"day": day, "requests": n, "errors": e,
                     "error_rate": round(100.0 * e / n, 2) if n else 0.0})
     return out
 
 
-# A client that hung up is not the provider's or the proxy's failure.
-NOT_ERRORS = [Status.OK, Status.CLIENT_CLOSED]
+# A client that hung up is not the provider's or the proxy's failure. Listed, not excluded,
+# so the database reads them from the status index.
+ERRORS = [s for s in Status.values if s not in (Status.OK, Status.CLIENT_CLOSED)]
 
 
 def error_classes(qs: QuerySet[Event]) -> list[dict[str, Any]]:
-    rows = (qs.exclude(status__in=NOT_ERRORS).order_by().values("status", "error_class")
+    rows = (qs.filter(status__in=ERRORS).order_by().values("status", "error_class")
             .annotate(n=Count("*")).order_by("-n", "status", "error_class"))
     return [{"status": r["status"], "error_class": r["error_class"] or "(none)",
              "requests": r["n"]} for r in rows]

@@ -38,7 +38,22 @@ class PricingSource(models.TextChoices):
 
 
 TOTALS = ["cost_nano_usd", "input_tokens", "output_tokens", "tokens_saved", "saved_nano_usd"]
+TIMINGS = ["duration_ms", "ttfb_ms", "compress_ms"]
 NANO = Decimal("1e9")
+QUARTER_HOUR = 900  # every time zone's offset is a whole number of quarter hours
+
+
+class QuarterHour(models.Func):
+    """ts → its quarter-hour bucket. Written exactly as the tp_events_quarter index has it, so
+    the database reads that index in bucket order and groups without sorting."""
+
+    output_field = models.BigIntegerField()
+
+    def as_sql(self, compiler, connection, **extra):  # type: ignore[no-untyped-def]
+        sql, params = compiler.compile(self.source_expressions[0])
+        if connection.vendor == "sqlite":  # integer division truncates; ts is never negative
+            return f"(CAST({sql} AS INTEGER) / {QUARTER_HOUR})", params
+        return f"FLOOR({sql} / {QUARTER_HOUR})", params
 
 
 class Event(models.Model):
@@ -83,11 +98,15 @@ class Event(models.Model):
         db_table = "tp_events"
         # Covering indexes: a period's totals (by model, by agent) never touch the table.
         indexes = [
-            models.Index(fields=["ts", *TOTALS], name="tp_events_ts"),
+            # Timings too: the engineering and compression views' histograms read them here.
+            models.Index(fields=["ts", *TOTALS, *TIMINGS], name="tp_events_ts"),
             models.Index(fields=["model", "ts", *TOTALS], name="tp_events_model_ts"),
             models.Index(fields=["agent_id", "ts", *TOTALS], name="tp_events_agent_ts"),
             models.Index(fields=["provider", "ts", *TOTALS], name="tp_events_provider_ts"),
             models.Index(fields=["status", "ts", *TOTALS], name="tp_events_status_ts"),
+            # Totals per day (in any zone) from quarter-hour groups, read in order: a month of
+            # a busy ledger is grouped in a tenth of the time a sort takes.
+            models.Index(QuarterHour("ts"), "ts", *TOTALS, name="tp_events_quarter"),
         ]
 
     def __str__(self) -> str:
