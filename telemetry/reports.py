@@ -14,6 +14,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from django.conf import settings
+from django.db import connection
 from django.db.models import Count, QuerySet, Sum
 from django.db.models.functions import Coalesce
 
@@ -197,6 +198,22 @@ def local_day(quarter_hour: int) -> str:
     return datetime.fromtimestamp(int(quarter_hour) * QUARTER_HOUR, tz=zone()).date().isoformat()
 
 
+def distinct_values(column: str) -> list[str]:
+    """Every value of an indexed tp_events column, by hopping through its index from one value
+    to the next (a loose index scan): a few lookups per value, where SELECT DISTINCT reads the
+    whole index on PostgreSQL (0.15 s a column at a million rows)."""
+    col = connection.ops.quote_name(Event._meta.get_field(column).column)
+    table = connection.ops.quote_name(Event._meta.db_table)
+    sql = (
+        f"WITH RECURSIVE v(x) AS (SELECT MIN({col}) FROM {table} UNION ALL "
+        f"SELECT (SELECT MIN({col}) FROM {table} WHERE {col} > v.x) FROM v "
+        f"WHERE v.x IS NOT NULL) SELECT x FROM v WHERE x IS NOT NULL"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql)
+        return [row[0] for row in cursor.fetchall()]
+
+
 def span(qs: QuerySet[Event]) -> tuple[float | None, float | None]:
     # Two index lookups: MIN and MAX in one query make SQLite scan the whole index.
     ts = qs.order_by("ts").values_list("ts", flat=True)
@@ -359,8 +376,6 @@ def line(label: str, t: Totals) -> str:
 
 def ledger_size() -> int:
     """Bytes the ledger takes on disk (SQLite file + WAL, or the PostgreSQL database)."""
-    from django.db import connection
-
     if connection.vendor == "sqlite":
         from pathlib import Path
 

@@ -157,6 +157,9 @@ def _respond(request: HttpRequest, view: dashboard.View) -> HttpResponseBase:
     return render(request, template, {
         "nav": NAV, "current": view.name, "title": view.title, "view": view,
         "form": dashboard.form_values(request.GET),
+        # The form suggests the ledger's models and agents (read from their indexes).
+        "models": reports.distinct_values("model"),
+        "agents": [a for a in reports.distinct_values("agent_id") if a],
         "cards": [(c, charts.display(c.value, c.kind), _raw(c.value)) for c in view.cards],
         "sections": [_table(s, query) for s in view.sections],
         "query": urlencode(query),

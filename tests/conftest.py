@@ -53,6 +53,20 @@ def server(_session_server: LiveServer, transactional_db: None, fake: FakeProvid
 
 
 @pytest.fixture
+def token(server: LiveServer) -> str:
+    """The shared server's local API token, made by the `token` command in its TOKENPAK_HOME."""
+    import io
+
+    from django.core.management import call_command
+    from django.test import override_settings
+
+    out = io.StringIO()
+    with override_settings(TOKENPAK_HOME=server.home):
+        call_command("token", stdout=out)
+    return out.getvalue().strip()
+
+
+@pytest.fixture
 def start_server(
     transactional_db: None, fake: FakeProvider, tmp_path: Path
 ) -> Iterator[Callable[..., LiveServer]]:

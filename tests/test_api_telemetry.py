@@ -53,12 +53,6 @@ def days_ago(n: int) -> str:
 
 
 @pytest.fixture
-def token(server) -> str:
-    """The server's API token (its TOKENPAK_HOME is server.home), made on first use."""
-    return command("token", home=server.home).strip()
-
-
-@pytest.fixture
 def api(server, token) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url + API,
                       headers={"authorization": f"Bearer {token}"}) as client:

@@ -57,14 +57,6 @@ def chrome() -> Iterator:
     driver.quit()
 
 
-@pytest.fixture
-def token(server, settings) -> str:
-    settings.TOKENPAK_HOME = server.home
-    out = io.StringIO()
-    call_command("token", stdout=out)
-    return out.getvalue().strip()
-
-
 def shot(driver, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     height = driver.execute_script("return document.body.scrollHeight") or 1800

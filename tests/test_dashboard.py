@@ -13,21 +13,13 @@ import httpx
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
+from django.test import override_settings
 
 from telemetry import exporting, reports, traces
 from tests.conftest import send
 from tests.test_compression_proxy import PRETTY, oai, tool_turns
 
 VIEWS = ["", "finops", "engineering", "sessions", "compression"]
-
-
-@pytest.fixture
-def token(server, settings) -> str:
-    """The server's API token, made by the `token` command in the server's TOKENPAK_HOME."""
-    settings.TOKENPAK_HOME = server.home
-    out = io.StringIO()
-    call_command("token", stdout=out)
-    return out.getvalue().strip()
 
 
 @pytest.fixture
@@ -84,6 +76,8 @@ def test_it_opens_every_view_with_the_token_as_a_bearer(server, token, traffic):
         assert '<form class="filters"' in r.text
         for name in ("since", "until", "model", "agent", "min_cost", "compressed_only"):
             assert f'name="{name}"' in r.text
+        # The ledger's models and agents are offered as the fields' suggestions.
+        assert '<option value="gpt-4o-mini">' in r.text and '<option value="coder">' in r.text
 
 
 def test_it_signs_in_with_the_token_link_and_draws_charts_without_script(browser, traffic):
@@ -130,7 +124,8 @@ def test_it_does_not_redirect_off_site_after_signing_in(server, token):
 def test_it_ends_token_sessions_when_the_token_is_rotated(browser, server, token):
     assert browser.get("/dashboard/finops").url.path == "/dashboard/finops"
     assert browser.get("/admin/").url.path == "/admin/"  # the token opens the admin too
-    call_command("token", "--rotate", stdout=io.StringIO())
+    with override_settings(TOKENPAK_HOME=server.home):
+        call_command("token", "--rotate", stdout=io.StringIO())
     assert browser.get("/dashboard/finops").url.path == "/dashboard/login"
     r = httpx.get(f"{server.url}/dashboard/", headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 401
