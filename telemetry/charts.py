@@ -95,8 +95,8 @@ def _axis(top: float, unit: str, plot_h: int) -> list[str]:
 
 
 def _short(value: float, unit: str) -> str:
-    if unit == "usd":
-        return f"${value:,.2f}" if value >= 1 or value == 0 else f"${value:.3g}"
+    if unit == "usd":  # cents where they are exact ($0.50), else three figures ($0.00025)
+        return f"${value:,.2f}" if round(value, 2) == round(value, 9) else f"${value:.3g}"
     if unit == "pct":
         return f"{value:g}%"
     if unit == "ms":

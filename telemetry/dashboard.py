@@ -184,7 +184,7 @@ def engineering(label: str, f: reports.Filters) -> View:
     duration = distribution(qs, "duration_ms")
     ttfb = distribution(qs.filter(ttfb_ms__isnull=False), "ttfb_ms")
     d, t = percentiles(duration), percentiles(ttfb)
-    errors = error_rows(qs, f)
+    statuses, errors = error_rows(qs, f)
     total_errors = sum(r["errors"] for r in errors)
     requests = sum(r["requests"] for r in errors)
     return View("engineering", "Engineering", label, f, cards=[
@@ -203,8 +203,10 @@ def engineering(label: str, f: reports.Filters) -> View:
             {"metric": "duration", **_named(d), "requests": sum(n for _, n in duration)},
             {"metric": "first byte", **_named(t), "requests": sum(n for _, n in ttfb)}],
             note="From a log-scale histogram: within 0.5 % of the exact value."),
-        Section("errors_per_day", "Error rate over time", ERROR_COLUMNS, errors,
-                Chart("lines", "day", ("error_rate",), "pct")),
+        Section("errors_per_day", "Error rate over time, by status", [
+            *ERROR_COLUMNS, *(Column(f"rate_{s}", s, "pct") for s in statuses)], errors,
+            Chart("lines", "day", tuple(f"rate_{s}" for s in statuses) or ("error_rate",),
+                  "pct")),
         Section("errors_by_class", "Errors by status and class", [
             Column("status", "Status"), Column("error_class", "Error class"),
             Column("requests", "Requests", "int")], error_classes(qs),
@@ -431,23 +433,28 @@ def latency_rows(duration: list[tuple[int, int]], ttfb: list[tuple[int, int]]
     return [{**r, "first_byte": firsts.get(r["range"], 0)} for r in d]
 
 
-def error_rows(qs: QuerySet[Event], f: reports.Filters) -> list[dict[str, Any]]:
-    """Requests and errors per local day."""
+def error_rows(qs: QuerySet[Event], f: reports.Filters) -> tuple[list[str], list[dict[str, Any]]]:
+    """Requests, errors and each error status's rate per local day; and the statuses seen."""
     days = {day: t.requests for day, t in reports.breakdown(qs, "day")}
-    errors: dict[str, int] = {}
+    errors: dict[str, dict[str, int]] = {}
     # ts + 0 is not the tp_events_quarter expression: errors are few, and are read from the
     # status index (covering) instead of looked up row by row from the quarter-hour one.
     failed = (qs.filter(status__in=ERRORS).order_by()
-              .annotate(q=reports.QuarterHour(F("ts") + 0)).values("q").annotate(n=Count("*")))
+              .annotate(q=reports.QuarterHour(F("ts") + 0)).values("q", "status")
+              .annotate(n=Count("*")))
     for r in failed:
-        day = reports.local_day(r["q"])
-        errors[day] = errors.get(day, 0) + r["n"]
+        per = errors.setdefault(reports.local_day(r["q"]), {})
+        per[r["status"]] = per.get(r["status"], 0) + r["n"]
+    statuses = sorted({status for per in errors.values() for status in per})
     out = []
     for day in range_days(f, days):
-        n, e = days.get(day, 0), errors.get(day, 0)
+        n, per = days.get(day, 0), errors.get(day, {})
+        e = sum(per.values())
         out.append({"day": day, "requests": n, "errors": e,
-                    "error_rate": round(100.0 * e / n, 2) if n else 0.0})
-    return out
+                    "error_rate": round(100.0 * e / n, 2) if n else 0.0,
+                    **{f"rate_{s}": round(100.0 * per.get(s, 0) / n, 2) if n else 0.0
+                       for s in statuses}})
+    return statuses, out
 
 
 # A client that hung up is not the provider's or the proxy's failure. Listed, not excluded,

@@ -405,6 +405,16 @@ def test_it_documents_the_four_paths_in_the_openapi_schema(server):
     assert "/v1/chat/completions" not in schema["paths"]  # the proxy's routes stay out
 
 
+def test_it_serves_the_docs_page_and_its_assets_itself(server):
+    page = httpx.get(server.url + "/api/docs")
+    assert page.status_code == 200
+    assert "https://" not in page.text  # nothing from a CDN: works offline
+    assets = re.findall(r'(?:src|href)="(/static/ninja/[^"]+)"', page.text)
+    assert any(a.endswith("swagger-ui-bundle.js") for a in assets)
+    for asset in assets:
+        assert httpx.get(server.url + asset).status_code == 200
+
+
 def test_it_leaves_the_proxy_routes_to_the_proxy(server, api, fake, rows):
     assert api.get("/summary").status_code == 200
     assert api.post("/summary").status_code == 405

@@ -219,6 +219,9 @@ def test_it_shows_latency_percentiles_and_errors(browser, traffic):
     assert data["sections"]["errors_by_class"]["rows"] == [
         {"status": "error", "error_class": traffic[-1].error_class or "(none)", "requests": 1}]
     assert card(data, "Error rate") == pytest.approx(100 / len(traffic))
+    [today] = [r for r in data["sections"]["errors_per_day"]["rows"] if r["requests"]]
+    assert today["errors"] == 1
+    assert today["error_rate"] == today["rate_error"] == round(100 / len(traffic), 2)
 
 
 def test_it_shows_budget_gauges(browser, traffic):

@@ -99,6 +99,9 @@ INSTALLED_APPS = [
     "proxy",
     "telemetry",
     "budgets",
+    # Only for its templates and static files: the API docs page (/api/docs) then loads
+    # Swagger UI from this server instead of a CDN.
+    "ninja",
     # After ours: its own `export` command must not shadow telemetry's.
     "import_export",
 ]
