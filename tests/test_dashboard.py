@@ -306,3 +306,11 @@ def test_it_serves_its_own_styles_and_script(server):
     for path in ("/static/telemetry/dashboard.css", "/static/telemetry/live.js",
                  "/static/admin/css/base.css"):
         assert httpx.get(server.url + path).status_code == 200
+
+
+def test_it_says_telemetry_is_off_when_there_is_no_ledger(start_server, tmp_path):
+    off = start_server(home=tmp_path / "off", TOKENPAK_DB="/dev/null", DATABASE_URL="")
+    r = httpx.get(f"{off.url}/dashboard/finops")
+    assert r.status_code == 503
+    assert "Telemetry is off" in r.text
+    assert not (tmp_path / "off").exists()  # and nothing was written to make a token
