@@ -11,6 +11,8 @@ session signed in with the old token: Django checks that hash on each request.
 from __future__ import annotations
 
 import hmac
+import math
+import time
 from pathlib import Path
 
 from django.conf import settings
@@ -18,9 +20,15 @@ from django.contrib.auth import get_user_model, login
 from django.contrib.auth.models import AbstractBaseUser
 from django.http import HttpRequest
 
+from telemetry.models import SignInFailure
 from tokenpak_site import conf
 
 LOCAL_USER = "local"
+# Failed sign-ins allowed from one address in a window, against guessing a user's password
+# (the token, 256 random bits, cannot be guessed). Counted in the database, so every worker
+# process sees the same count.
+SIGN_IN_LIMIT = 10
+SIGN_IN_WINDOW = 300.0
 
 
 def token_path() -> Path:
@@ -60,6 +68,36 @@ def staff(request: HttpRequest) -> bool:
 
 def allowed(request: HttpRequest) -> bool:
     return staff(request) or token_matches(bearer(request))
+
+
+def _address(request: HttpRequest) -> str:
+    return str(request.META.get("REMOTE_ADDR", ""))[:64]
+
+
+def sign_in_wait(request: HttpRequest) -> int:
+    """Seconds this address must wait before trying to sign in again; 0: go ahead."""
+    now = time.time()
+    recent = list(SignInFailure.objects.filter(
+        address=_address(request), at__gt=now - SIGN_IN_WINDOW).order_by("-at")
+        .values_list("at", flat=True)[:SIGN_IN_LIMIT])
+    if len(recent) < SIGN_IN_LIMIT:
+        return 0
+    return max(1, math.ceil(recent[-1] + SIGN_IN_WINDOW - now))
+
+
+def too_many(wait: int) -> str:
+    return f"Too many failed sign-ins from this address: try again in {wait} s."
+
+
+def note_sign_in(request: HttpRequest, ok: bool) -> None:
+    """Count a failure (and forget expired ones), or clear the address's count on success."""
+    failures = SignInFailure.objects.filter(address=_address(request))
+    if ok:
+        failures.delete()
+        return
+    now = time.time()
+    SignInFailure.objects.filter(at__lt=now - SIGN_IN_WINDOW).delete()
+    SignInFailure.objects.create(address=_address(request), at=now)
 
 
 def sign_in(request: HttpRequest, given: str) -> bool:

@@ -219,6 +219,18 @@ class Capture(models.Model):
         db_table = "tp_captures"
 
 
+class SignInFailure(models.Model):
+    """A failed sign-in (a wrong token or password), kept for a few minutes: after too many
+    from one address, the sign-in pages answer 429 until the oldest ages out."""
+
+    address = models.CharField(max_length=64)
+    at = models.FloatField()  # unix time
+
+    class Meta:
+        db_table = "tp_signin_failures"
+        indexes = [models.Index(fields=["address", "at"], name="tp_signin_failures_addr_at")]
+
+
 PRICE = {"max_digits": 14, "decimal_places": 6}
 
 

@@ -107,10 +107,15 @@ def sign_in(request: HttpRequest) -> HttpResponseBase:
     target = request.POST.get("next") or request.GET.get("next") or reverse("dashboard")
     if not url_has_allowed_host_and_scheme(target, {request.get_host()}):
         target = reverse("dashboard")
-    error = ""
     token = request.POST.get("token") or request.GET.get("token") or ""
+    trying = bool(token) or request.method == "POST"
+    if trying and (wait := access.sign_in_wait(request)):
+        return render(request, "dashboard/login.html",
+                      {"next": target, "error": access.too_many(wait)}, status=429)
+    error = ""
     if token:
         if access.sign_in(request, token):
+            access.note_sign_in(request, ok=True)
             return HttpResponseRedirect(target)
         error = "That is not this TokenPak's token: `tokenpak token` prints it."
     elif request.method == "POST":
@@ -118,8 +123,11 @@ def sign_in(request: HttpRequest) -> HttpResponseBase:
                             password=request.POST.get("password", ""))
         if user is not None and user.is_active and user.is_staff:
             login(request, user)
+            access.note_sign_in(request, ok=True)
             return HttpResponseRedirect(target)
         error = "Wrong user name or password, or the user is not staff."
+    if error:
+        access.note_sign_in(request, ok=False)
     return render(request, "dashboard/login.html", {"next": target, "error": error},
                   status=400 if error else 200)
 

@@ -314,3 +314,38 @@ def test_it_says_telemetry_is_off_when_there_is_no_ledger(start_server, tmp_path
     assert r.status_code == 503
     assert "Telemetry is off" in r.text
     assert not (tmp_path / "off").exists()  # and nothing was written to make a token
+
+
+def test_it_slows_down_guessing_at_the_sign_in_pages(server, token):
+    def attempt(value: str) -> int:
+        return httpx.get(f"{server.url}/dashboard/login/", params={"token": value}).status_code
+
+    # A success forgets earlier failures: the owner mistyping now and then is never locked out.
+    assert [attempt("wrong") for _ in range(9)] == [400] * 9
+    assert attempt(token) == 302
+    assert [attempt("wrong") for _ in range(10)] == [400] * 10
+    # Ten failures in five minutes: every form refuses, even the right answer, with 429.
+    r = httpx.get(f"{server.url}/dashboard/login/", params={"token": token})
+    assert r.status_code == 429 and "Too many failed sign-ins" in r.text
+    with httpx.Client(base_url=server.url) as client:
+        form = client.get("/admin/login/").text
+        csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form).group(1)
+        r = client.post("/admin/login/", data={"csrfmiddlewaretoken": csrf, "username": "x",
+                                               "password": "y"})
+        assert r.status_code == 429
+    # Opening the page to read it is not an attempt.
+    assert httpx.get(f"{server.url}/dashboard/login/").status_code == 200
+
+
+def test_it_counts_wrong_admin_passwords_too(server):
+    get_user_model().objects.create_user("ana", password="pw-ana-123", is_staff=True)
+    with httpx.Client(base_url=server.url) as client:
+        for _ in range(10):
+            form = client.get("/admin/login/").text
+            csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form).group(1)
+            r = client.post("/admin/login/", data={
+                "csrfmiddlewaretoken": csrf, "username": "ana", "password": "guess"})
+            assert r.status_code == 200  # the form again, with its error
+        r = client.post("/admin/login/", data={
+            "csrfmiddlewaretoken": csrf, "username": "ana", "password": "pw-ana-123"})
+        assert r.status_code == 429

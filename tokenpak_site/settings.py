@@ -89,7 +89,7 @@ ALLOWED_HOSTS = ["127.0.0.1", "localhost", "[::1]", "::1"]
 
 INSTALLED_APPS = [
     "daphne",  # first, so `manage.py runserver` is the ASGI server
-    "django.contrib.admin",
+    "tokenpak_site.apps.AdminConfig",  # django.contrib.admin, sign-in guarded
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
