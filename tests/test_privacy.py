@@ -113,3 +113,55 @@ def test_it_redacts_keys_in_any_log_record():
     assert "PLANTEDKEY" not in message and "abc123secret" not in message
     assert "tok_123" not in message
     assert redact(f"key={ANTHROPIC_KEY}") == "key=sk-***"
+
+
+def test_it_keeps_keys_out_of_every_page_download_and_trace(start_server, fake, rows, tmp_path):
+    """Captures and stored bodies on: still no key in what the dashboard, the REST API, the
+    admin or the report commands hand out."""
+    import io
+    import json
+
+    import httpx
+    from django.core.management import call_command
+    from django.test import override_settings
+
+    home = tmp_path / "home"
+    server = start_server(home=home, TOKENPAK_DEBUG="1", TOKENPAK_STORE_PROMPTS="1")
+    call_command("debug", "on", "--requests", "10", stdout=io.StringIO())
+    _traffic(server)
+    events = rows(5)
+    captured = set(Capture.objects.values_list("trace_id", flat=True))
+    assert len(captured) >= 4  # the captures really were taken
+    out = io.StringIO()
+    with override_settings(TOKENPAK_HOME=home):
+        call_command("token", stdout=out)
+    auth = {"authorization": f"Bearer {out.getvalue().strip()}"}
+    texts = []
+    with httpx.Client(base_url=server.url, headers=auth) as client:
+        paths = ["/dashboard/", "/dashboard/sessions", "/dashboard/sessions?format=json",
+                 "/dashboard/sessions?format=csv", "/dashboard/finops?format=json",
+                 "/v1/telemetry/sessions?since=2000-01-01",
+                 "/v1/telemetry/export?format=json&since=2000-01-01",
+                 "/v1/telemetry/export?format=csv&since=2000-01-01"]
+        for e in events:
+            paths += [f"/dashboard/sessions/{e.trace_id}/",
+                      f"/dashboard/sessions/{e.trace_id}/?format=json",
+                      f"/v1/telemetry/traces/{e.trace_id}"]
+        for path in paths:
+            r = client.get(path)
+            assert r.status_code == 200, path
+            texts.append(r.text)
+    # The bodies are there (store_prompts, captures): only the keys are not.
+    assert any("original_body" in t and "messages" in t for t in texts)
+    for e in events:
+        out = io.StringIO()
+        call_command("trace", "--id", e.trace_id, "--json", stdout=out)
+        texts.append(out.getvalue())
+        assert (json.loads(out.getvalue())["capture"] is not None) == (e.trace_id in captured)
+    for args in (["export", "--format", "json", "--out", "-", "--since", "2000-01-01"],
+                 ["replay", "list"]):
+        out = io.StringIO()
+        call_command(*args, stdout=out)
+        texts.append(out.getvalue())
+    for text in texts:
+        assert not any(p in text for p in PLANTED)

@@ -1,0 +1,99 @@
+"""The proxy sends only to the configured providers, whatever a client puts in the Host header,
+the request target or the path; and what the sign-in pages hand out is guarded."""
+
+from __future__ import annotations
+
+import socket
+
+import httpx
+import pytest
+
+from tests.fakeprovider import FakeProvider
+
+KEY = "sk-proj-SECURITYTEST0123456789"
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture
+def elsewhere() -> FakeProvider:
+    """Another server on this machine that no request may reach."""
+    with FakeProvider() as other:
+        yield other
+
+
+def raw(server, request: bytes) -> bytes:
+    """One request written by hand, for targets and headers an HTTP client would not send."""
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(request)
+        chunks = []
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+            if b"\r\n\r\n" in b"".join(chunks):
+                break
+        return b"".join(chunks)
+
+
+def test_it_ignores_the_host_header_when_choosing_where_to_send(server, fake, elsewhere, rows):
+    other = elsewhere.url.removeprefix("http://")
+    for headers in ({"host": other}, {"x-forwarded-host": other},
+                    {"x-forwarded-host": other, "forwarded": f"host={other}"}):
+        r = httpx.post(server.url + "/v1/chat/completions", json=CHAT,
+                       headers={"authorization": f"Bearer {KEY}", **headers})
+        assert r.status_code == 200
+    rows(3)
+    assert len(fake.log) == 3 and elsewhere.log == []
+    # and the provider never sees the client's Host or forwarding headers
+    for received in fake.log:
+        assert received.headers["host"] == fake.url.removeprefix("http://")
+        assert "x-forwarded-host" not in received.headers and "forwarded" not in received.headers
+
+
+@pytest.mark.parametrize("path", [
+    "/v1/{other}/v1/chat/completions",
+    "/v1/http://{other}/v1/chat/completions",
+    "/v1//{other}/v1/chat/completions",
+    "/v1/..%2F..%2F{other}%2Fv1%2Fchat%2Fcompletions",
+    "/openai/v1/@{other}/chat/completions",
+    "/anthropic/v1/%2F%2F{other}/v1/messages",
+])
+def test_it_keeps_path_tricks_on_the_providers_host(server, fake, elsewhere, rows, path):
+    target = path.format(other=elsewhere.url.removeprefix("http://"))
+    r = httpx.post(server.url + target, json=CHAT, headers={"authorization": f"Bearer {KEY}"})
+    assert r.status_code in (200, 400, 404)
+    if "x-tokenpak-trace-id" in r.headers:
+        rows(1)  # the ledger has it before the next test starts
+    assert elsewhere.log == []
+    for received in fake.log:
+        assert received.headers["host"] == fake.url.removeprefix("http://")
+
+
+def test_it_takes_an_absolute_request_target_as_a_path_on_this_server(server, fake, elsewhere,
+                                                                       rows):
+    other = elsewhere.url.removeprefix("http://")
+    body = b'{"model": "gpt-4o-mini", "messages": []}'
+    answer = raw(server, (
+        f"POST http://{other}/v1/chat/completions HTTP/1.1\r\nHost: {other}\r\n"
+        f"Authorization: Bearer {KEY}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body)
+    assert answer.startswith(b"HTTP/1.1 ")
+    if b"x-tokenpak-trace-id" in answer.lower():
+        rows(1)
+    assert elsewhere.log == []
+
+
+def test_it_never_forwards_its_own_headers(server, fake, rows):
+    httpx.post(server.url + "/v1/chat/completions", json=CHAT, headers={
+        "authorization": f"Bearer {KEY}", "x-tokenpak-agent": "coder",
+        "x-tokenpak-session": "s1", "x-tokenpak-compress": "off"})
+    rows(1)
+    assert not [h for h in fake.log[-1].headers if h.startswith("x-tokenpak")]
+
+
+def test_it_sets_session_cookies_http_only_and_csrf_on_forms(server, token):
+    r = httpx.get(f"{server.url}/dashboard/login/", params={"token": token})
+    cookie = r.headers["set-cookie"]
+    assert "sessionid=" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    # A form post without the CSRF token is refused.
+    r = httpx.post(f"{server.url}/dashboard/login/", data={"token": token})
+    assert r.status_code == 403
