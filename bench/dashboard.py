@@ -43,7 +43,8 @@ WARMUP = 2
 
 async def _first_chunk(content: Any) -> None:
     async for _ in content:
-        return
+        break
+    await content.aclose()  # as a client leaving after the first rows
 
 
 def timed(request: Callable[[], HttpResponse], runs: int) -> tuple[list[float], HttpResponse]:

@@ -181,10 +181,14 @@ def summary(request: HttpRequest, q: Query[Filtering]) -> dict[str, Any]:
     """Totals for the matching requests, by model, agent and day: `cost --json`'s figures."""
     label, f = _filters(q)
     qs = reports.events(f)
+    by = {name: reports.breakdown(qs, name) for name in ("model", "agent", "day")}
     return {
         "period": label, "since": _iso(f.since), "until": _iso(f.until),
-        "filters": f.describe(), "totals": reports.totals(qs).as_json(),
-        **{f"by_{by}": _breakdown(qs, by) for by in ("model", "agent", "day")},
+        "filters": f.describe(),
+        # The days add up to the totals: one scan fewer.
+        "totals": reports.combined(t for _, t in by["day"]).as_json(),
+        **{f"by_{name}": [{"key": key, **t.as_json()} for key, t in rows]
+           for name, rows in by.items()},
     }
 
 
@@ -259,10 +263,6 @@ def _filters(q: Filtering) -> tuple[str, reports.Filters]:
 
 def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment else None
-
-
-def _breakdown(qs: Any, by: str) -> list[dict[str, Any]]:
-    return [{"key": key, **t.as_json()} for key, t in reports.breakdown(qs, by)]
 
 
 def _item(e: Event) -> dict[str, Any]:

@@ -155,10 +155,9 @@ def live(label: str, f: reports.Filters) -> View:
 
 def finops(label: str, f: reports.Filters) -> View:
     qs = reports.events(f)
-    days = day_rows(qs, f)
-    total = reports.Totals(**{k: sum(r[k] for r in days) for k in (
-        "requests", "input_tokens", "output_tokens", "tokens_saved", "cost_usd",
-        "cost_saved_usd")})
+    by_day = reports.breakdown(qs, "day")
+    days = day_rows(f, by_day)
+    total = reports.combined(t for _, t in by_day)
     per = total.cost_usd / total.requests if total.requests else Decimal(0)
     return View("finops", "FinOps", label, f, cards=[
         Card("Spend", total.cost_usd, hint=f"{total.requests:,} requests"),
@@ -290,9 +289,10 @@ def totals_row(key: str, value: str, t: reports.Totals) -> dict[str, Any]:
             "cost_usd": t.cost_usd, "cost_saved_usd": t.cost_saved_usd}
 
 
-def day_rows(qs: QuerySet[Event], f: reports.Filters) -> list[dict[str, Any]]:
+def day_rows(f: reports.Filters, by_day: list[tuple[str, reports.Totals]]
+             ) -> list[dict[str, Any]]:
     """One row per day of the range, days without requests included (a chart shows gaps)."""
-    found = dict(reports.breakdown(qs, "day"))
+    found = dict(by_day)
     return [totals_row("day", d, found.get(d, reports.Totals())) for d in range_days(f, found)]
 
 

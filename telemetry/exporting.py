@@ -9,10 +9,11 @@ size the ORM's converters and the csv module cost more than the query does.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from contextlib import nullcontext
 from typing import IO, Any
 
 from asgiref.sync import sync_to_async
-from django.db import connections
+from django.db import connections, transaction
 from django.db.models import CharField, F, Func, QuerySet
 
 from telemetry.models import Event
@@ -142,7 +143,14 @@ def rows(qs: QuerySet[Event], fmt: str) -> Iterator[str]:
     """Formatted rows, oldest first, straight off the cursor in chunks."""
     query = qs.order_by("ts").annotate(row=_Row(fmt)).values_list("row").query
     sql, params = query.sql_with_params()
-    with connections[qs.db].cursor() as cursor:
+    connection = connections[qs.db]
+    # On PostgreSQL a server-side cursor (what QuerySet.iterator() uses), inside a transaction:
+    # a plain cursor fetches every row into memory before the first chunk can go out, and a
+    # server-side one outside a transaction is WITH HOLD, which computes the whole result
+    # first. On SQLite a transaction would take the write lock (IMMEDIATE): none there.
+    streaming = connection.vendor == "postgresql" and not connection.in_atomic_block
+    with (transaction.atomic(using=qs.db) if streaming else nullcontext(),
+          connection.chunked_cursor() as cursor):
         cursor.execute(sql, params)
         while chunk := cursor.fetchmany(CHUNK):
             for (row,) in chunk:
@@ -176,8 +184,13 @@ async def astream(qs: QuerySet[Event], fmt: str) -> AsyncIterator[str]:
     """stream() for an ASGI response: each database chunk is read in Django's sync thread, so
     a download of any size is sent as it is read, never held whole."""
     pieces = stream(qs, fmt)
-    while (piece := await sync_to_async(next)(pieces, None)) is not None:
-        yield piece
+    try:
+        while (piece := await sync_to_async(next)(pieces, None)) is not None:
+            yield piece
+    finally:
+        # A download cut short (the client left): end the cursor and its transaction in the
+        # thread that opened them, not wherever the generator is collected.
+        await sync_to_async(pieces.close)()
 
 
 def write(qs: QuerySet[Event], fmt: str, out: IO[str]) -> int:

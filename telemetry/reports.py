@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import zoneinfo
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
@@ -154,6 +155,19 @@ def usd(nano: int) -> Decimal:
 
 def totals(qs: QuerySet[Event]) -> Totals:
     return _totals(qs.aggregate(**_sums()))
+
+
+def combined(parts: Iterable[Totals]) -> Totals:
+    """The sum of a breakdown's rows: the totals, without scanning the rows again."""
+    out = Totals(cost_usd=usd(0), cost_saved_usd=usd(0))  # as totals() writes a zero
+    for t in parts:
+        out.requests += t.requests
+        out.input_tokens += t.input_tokens
+        out.output_tokens += t.output_tokens
+        out.tokens_saved += t.tokens_saved
+        out.cost_usd += t.cost_usd
+        out.cost_saved_usd += t.cost_saved_usd
+    return out
 
 
 BREAKDOWNS = {

@@ -430,3 +430,31 @@ def test_it_leaves_the_proxy_routes_to_the_proxy(server, api, fake, rows):
     assert [r.path for r in fake.log] == ["/v1/chat/completions"]
     [event] = rows(1)
     assert totals(api)["requests"] == 1 and event.status == "ok"
+
+
+def test_it_ends_an_export_the_client_leaves_early(server, api):
+    """A download cut short closes its cursor (and on PostgreSQL its transaction) at once."""
+    import time as _time
+
+    from django.db import connection
+
+    from telemetry.models import Event
+
+    now = _time.time()
+    Event.objects.bulk_create([
+        Event(trace_id=f"{i:032x}", event_type="chat.completions", ts=now - i, provider="openai",
+              model="gpt-4o-mini", status="ok") for i in range(3000)])
+    for _ in range(3):
+        with api.stream("GET", "/export", params={"format": "csv"}) as r:
+            assert r.status_code == 200
+            first = next(r.iter_bytes())
+            assert first.startswith(b"trace_id,")  # then the client hangs up
+    whole = api.get("/export", params={"format": "csv"})
+    assert whole.text.count("\n") == 3001  # the server goes on serving exports
+    _time.sleep(0.5)
+    assert "Traceback" not in server.output() and "SynchronousOnly" not in server.output()
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                           "current_database() AND state LIKE 'idle in transaction%%'")
+            assert cursor.fetchone()[0] == 0

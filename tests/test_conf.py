@@ -311,11 +311,24 @@ def test_it_parses_a_postgres_database_url() -> None:
         "HOST": "db.internal",
         "PORT": "5433",
         "CONN_MAX_AGE": 0,
+        "OPTIONS": {"options": "-c random_page_cost=1.1 -c jit=off"},
     }
     minimal = conf.database_from_url("postgresql://localhost/tokenpak")
     assert (minimal["NAME"], minimal["USER"], minimal["PASSWORD"], minimal["PORT"]) == (
         "tokenpak", "", "", ""
     )
+
+
+def test_it_tunes_its_postgresql_sessions_for_reports(db) -> None:
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL only (DATABASE_URL)")
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW random_page_cost")
+        assert cursor.fetchone()[0] == "1.1"
+        cursor.execute("SHOW jit")
+        assert cursor.fetchone()[0] == "off"
 
 
 @pytest.mark.parametrize("url", ["postgres://u@db:5432/", "postgres://u@db:5432"])
