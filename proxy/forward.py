@@ -13,8 +13,9 @@ import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from django.conf import settings
@@ -153,42 +154,69 @@ async def forward(request: HttpRequest, route: Route) -> HttpResponse:
         # Compact, as the SDKs send it: whitespace between JSON tokens is bytes on the wire.
         body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
 
-    url = provider.base_url + route.upstream_path
-    if request.META.get("QUERY_STRING"):
-        url += "?" + request.META["QUERY_STRING"]
-    if log.isEnabledFor(logging.DEBUG):
-        log.debug("%s -> %s %s headers=%s", rec.trace_id, request.method, url,
-                  redact_headers(dict(headers)))
+    query = "?" + request.META["QUERY_STRING"] if request.META.get("QUERY_STRING") else ""
     pool = upstream.upstream()
+    # The footer's figures are final once the request is built. Pricing them may read the
+    # database (off the event loop): a client that leaves meanwhile still gets a row.
+    footer_text = ""
     try:
-        # The footer's figures are final once the request is built. Pricing them may read the
-        # database (off the event loop): here, a client that leaves meanwhile still gets a row.
-        footer_text = ""
         if settings.STATS_FOOTER and route.stats_footer:
             if rec.compression is not None:  # the one case where savings are counted up front
                 rec.tokens_saved, rec.tokens_before = await asyncio.to_thread(
                     rec.compression.footer_figures, rec.sent_model
                 )
             footer_text = await footer.text_for(rec, provider.name)
-        rec.sent_body = body
-        upstream_request = pool.client.build_request(
-            request.method or "POST", url, headers=headers, content=body or None
-        )
-        response = await pool.send(upstream_request)
-        rec.upstream_status = response.status_code
-        rec.request_id = response.headers.get(provider.request_id_header, "")
-        streaming = response.is_success and "text/event-stream" in response.headers.get(
-            "content-type", ""
-        )
-        data = b"" if streaming else await _read(response)
-    except httpx.TimeoutException as e:
-        return _failed(rec, provider, 504, Status.UPSTREAM_TIMEOUT, e, url)
-    except httpx.HTTPError as e:
-        return _failed(rec, provider, 502, Status.UPSTREAM_UNREACHABLE, e, url)
     except asyncio.CancelledError:
         rec.finish(Status.CLIENT_CLOSED)
         record(rec)
         raise
+    rec.sent_body = body
+    # The provider, then its fallbacks: the next is tried after a connection error, a timeout
+    # or a 5xx, all of them before a byte has gone to the client. The last one's answer,
+    # whatever it is, is the client's.
+    targets = [(provider.base_url, headers), *(
+        (f.base_url, provider.with_key(headers, f.key) if f.key else headers)
+        for f in provider.fallbacks)]
+    failed: list[str] = []
+    for n, (base, target_headers) in enumerate(targets, start=1):
+        url = base + route.upstream_path + query
+        rec.upstream = _netloc(base)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s -> %s %s headers=%s", rec.trace_id, request.method, url,
+                      redact_headers(dict(target_headers)))
+        last = n == len(targets)
+        try:
+            upstream_request = pool.client.build_request(
+                request.method or "POST", url, headers=target_headers, content=body or None
+            )
+            response = await pool.send(upstream_request)
+            if response.status_code >= 500 and not last:
+                await response.aclose()
+                failed.append(f"{rec.upstream}: http_{response.status_code}")
+                continue
+            rec.upstream_status = response.status_code
+            rec.request_id = response.headers.get(provider.request_id_header, "")
+            streaming = response.is_success and "text/event-stream" in response.headers.get(
+                "content-type", ""
+            )
+            data = b"" if streaming else await _read(response)
+        except httpx.HTTPError as e:
+            if not last:
+                failed.append(f"{rec.upstream}: {type(e).__name__}")
+                continue
+            rec.failover = "; ".join(failed)
+            if isinstance(e, httpx.TimeoutException):
+                return _failed(rec, provider, 504, Status.UPSTREAM_TIMEOUT, e, url)
+            return _failed(rec, provider, 502, Status.UPSTREAM_UNREACHABLE, e, url)
+        except asyncio.CancelledError:
+            rec.failover = "; ".join(failed)
+            rec.finish(Status.CLIENT_CLOSED)
+            record(rec)
+            raise
+        break
+    if failed:
+        rec.failover = "; ".join(failed)
+        log.warning("%s failover: %s; answered by %s", rec.trace_id, rec.failover, rec.upstream)
 
     out_headers = _client_headers(response, rec, verdict)
     if streaming:
@@ -281,6 +309,11 @@ async def _read(response: httpx.Response) -> bytes:
         return await response.aread()
     finally:
         await response.aclose()
+
+
+@lru_cache(maxsize=16)
+def _netloc(base_url: str) -> str:
+    return urlsplit(base_url).netloc
 
 
 def _upstream_headers(request: HttpRequest, rec: Record) -> list[tuple[str, str]]:

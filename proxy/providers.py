@@ -20,6 +20,7 @@ from proxy import footer
 from proxy.sse import parse_event
 from telemetry import tokens
 from telemetry.usage import TokenUsage
+from tokenpak_site.conf import Fallback
 
 _USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null|"usage"\s*:\s*null\s*,?')
 _MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]{1,128})"')
@@ -200,6 +201,14 @@ class Provider:
     def base_url(self) -> str:
         raise NotImplementedError
 
+    @property
+    def fallbacks(self) -> tuple[Fallback, ...]:
+        raise NotImplementedError
+
+    def with_key(self, headers: list[tuple[str, str]], key: str) -> list[tuple[str, str]]:
+        """headers with the client's credential replaced by a fallback's own key."""
+        raise NotImplementedError
+
     def error_body(self, status: int, message: str, error_type: str) -> dict:
         raise NotImplementedError
 
@@ -280,6 +289,14 @@ class OpenAI(Provider):
     def base_url(self) -> str:
         return settings.OPENAI_BASE_URL
 
+    @property
+    def fallbacks(self) -> tuple[Fallback, ...]:
+        return settings.OPENAI_FALLBACKS
+
+    def with_key(self, headers: list[tuple[str, str]], key: str) -> list[tuple[str, str]]:
+        return [*((k, v) for k, v in headers if k != "authorization"),
+                ("authorization", f"Bearer {key}")]
+
 
     def error_body(self, status: int, message: str, error_type: str) -> dict:
         return {
@@ -329,6 +346,15 @@ class Anthropic(Provider):
     @property
     def base_url(self) -> str:
         return settings.ANTHROPIC_BASE_URL
+
+    @property
+    def fallbacks(self) -> tuple[Fallback, ...]:
+        return settings.ANTHROPIC_FALLBACKS
+
+    def with_key(self, headers: list[tuple[str, str]], key: str) -> list[tuple[str, str]]:
+        # Anthropic takes either header: send only the fallback's, as x-api-key.
+        return [*((k, v) for k, v in headers if k not in ("authorization", "x-api-key")),
+                ("x-api-key", key)]
 
 
     def error_body(self, status: int, message: str, error_type: str) -> dict:

@@ -152,6 +152,8 @@ class TraceOut(Schema):
     status: str
     error_class: str
     upstream_status: int | None
+    upstream: str = Field(description="host:port the answer came from")
+    failover: str = Field(description="upstreams that failed before it, and why; empty if none")
     stream: bool
     duration_ms: float
     ttfb_ms: float | None

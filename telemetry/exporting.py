@@ -54,6 +54,9 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("pricing_source", "cost__pricing_source", "text"),
     ("priced_as", "cost__priced_as", "text"),
     ("request_id", "request_id", "text"),
+    # Added later: at the end, so scripts reading columns by position keep working.
+    ("upstream", "upstream", "text"),
+    ("failover", "failover", "text"),
 ]
 NAMES = [name for name, _, _ in COLUMNS]
 

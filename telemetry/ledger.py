@@ -71,6 +71,8 @@ class Record:
     error_class: str = ""
     upstream_status: int | None = None
     request_id: str = ""
+    upstream: str = ""  # host:port the answer came from
+    failover: str = ""  # upstreams that failed first, and why
     duration_ms: float = 0.0
     ttfb_ms: float | None = None
     usage: TokenUsage | None = None
@@ -264,6 +266,8 @@ def _rows(r: Record) -> tuple[dict, dict, dict, list[dict], list[dict]]:
         sent_model=r.sent_model[:128],
         stream=r.stream,
         upstream_status=r.upstream_status,
+        upstream=r.upstream[:255],
+        failover=r.failover[:512],
         ttfb_ms=None if r.ttfb_ms is None else round(r.ttfb_ms, 3),
         usage_source=source,
         compress_ms=round(sum(ms for _, ms in r.compression.stages), 3)

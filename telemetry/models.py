@@ -82,6 +82,10 @@ class Event(models.Model):
     )
     # Time compression took on this request (all stages); NULL where it did not run.
     compress_ms = models.FloatField(null=True, blank=True)
+    # Where the request finally went (host:port), and the upstreams that failed before it
+    # ("api.openai.com: http_503; …"); empty when the first one answered.
+    upstream = models.CharField(max_length=255, blank=True, default="")
+    failover = models.CharField(max_length=512, blank=True, default="")
     # Copies of the figures in tp_usage / tp_costs, written in the same transaction and never
     # updated, so reports over a million rows are one index range scan instead of two joins.
     # Money as whole billionths of a dollar: SQL sums of integers are exact on every database.

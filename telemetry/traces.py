@@ -37,6 +37,8 @@ def trace(event: Event) -> dict[str, Any]:
         "status": event.status,
         "error_class": event.error_class,
         "upstream_status": event.upstream_status,
+        "upstream": event.upstream,
+        "failover": event.failover,
         "stream": event.stream,
         "duration_ms": event.duration_ms,
         "ttfb_ms": event.ttfb_ms,
@@ -102,6 +104,8 @@ def layout(d: dict[str, Any]) -> list[tuple[str, str]]:
         ("Model", f"{d['model'] or '-'}{requested} via {d['provider']} {d['endpoint']}"),
         ("Time", d["time"]),
         ("Status", f"{status} ({http}{', stream' if d['stream'] else ''})"),
+        *([("Upstream", f"{d['upstream']}, after failover from {d['failover']}")]
+          if d.get("failover") else []),
         ("Duration", f"{d['duration_ms']:.1f} ms{ttfb}"),
         ("Pipeline", " → ".join([*(["compress (" + ", ".join(
             f"{kind} {seg['raw']:,}→{seg['after']:,}" for kind, seg in sorted(

@@ -257,17 +257,77 @@ class Config:
         if raw is None:
             return default
         value, source = raw
-        text = str(value).strip()
-        parts = urlsplit(text)
-        if parts.scheme not in schemes or not parts.hostname:
+        return check_url(str(value), source, schemes)
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """Where to send a request when the provider before it fails."""
+
+    base_url: str
+    key: str = ""  # read from the environment variable named in key_env; never from the file
+    key_env: str = ""
+
+    @property
+    def host(self) -> str:
+        parts = urlsplit(self.base_url)
+        return parts.netloc
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def fallbacks(file: dict[str, Any], provider: str, environ: Any) -> tuple[Fallback, ...]:
+    """config.yaml `providers.NAME.fallbacks`: a list of base URLs, or of
+    {base_url, api_key_env}. A key itself is refused: the file names the variable."""
+    where = f"config.yaml key providers.{provider}.fallbacks"
+    section = file.get("providers")
+    section = section.get(provider) if isinstance(section, dict) else None
+    raw = section.get("fallbacks") if isinstance(section, dict) else None
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigError(f"{where}: expected a list of base URLs or of "
+                          "{base_url, api_key_env} entries")
+    out = []
+    for i, item in enumerate(raw):
+        at = f"{where}[{i}]"
+        if isinstance(item, str):
+            item = {"base_url": item}
+        if not isinstance(item, dict):
+            raise ConfigError(f"{at}: expected a base URL or {{base_url, api_key_env}}")
+        unknown = sorted(set(map(str, item)) - {"base_url", "api_key_env"})
+        if unknown:
+            # The value is never repeated: it may be a key someone pasted.
             raise ConfigError(
-                f"{source}: expected a URL like {schemes[0]}://host[:port], got {value!r}"
-            )
-        try:
-            parts.port  # noqa: B018 - raises ValueError on a bad port
-        except ValueError:
-            raise ConfigError(f"{source}: bad port in {value!r}") from None
-        return text.rstrip("/")
+                f"{at}: unknown key {unknown[0]!r}; a fallback takes base_url and api_key_env "
+                "(the name of an environment variable holding its key, never the key)")
+        url = check_url(str(item.get("base_url") or ""), f"{at}.base_url")
+        env = str(item.get("api_key_env") or "").strip()
+        key = ""
+        if env:
+            if not _ENV_NAME.fullmatch(env):
+                raise ConfigError(f"{at}.api_key_env: expected an environment variable name "
+                                  "like BACKUP_OPENAI_KEY")
+            key = str(environ.get(env, "")).strip()
+            if not key:
+                raise ConfigError(f"{at}.api_key_env: environment variable {env} is not set "
+                                  "(it holds this fallback's API key)")
+        out.append(Fallback(url, key, env))
+    return tuple(out)
+
+
+def check_url(text: str, source: str, schemes: tuple[str, ...] = ("http", "https")) -> str:
+    text = text.strip()
+    parts = urlsplit(text)
+    if parts.scheme not in schemes or not parts.hostname:
+        raise ConfigError(f"{source}: expected a URL like {schemes[0]}://host[:port], got "
+                          f"{text!r}")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ConfigError(f"{source}: bad port in {text!r}") from None
+    return text.rstrip("/")
 
 
 def database_from_url(url: str) -> dict[str, Any]:

@@ -27,6 +27,10 @@ try:
     TOKENPAK_PORT = _cfg.get("server.port")
     OPENAI_BASE_URL = _cfg.get("providers.openai.base_url")
     ANTHROPIC_BASE_URL = _cfg.get("providers.anthropic.base_url")
+    _file = conf.load_yaml(TOKENPAK_HOME / "config.yaml")
+    # Tried in order when the provider fails before answering (proxy/forward.py).
+    OPENAI_FALLBACKS = conf.fallbacks(_file, "openai", os.environ)
+    ANTHROPIC_FALLBACKS = conf.fallbacks(_file, "anthropic", os.environ)
     UPSTREAM_CONNECT_TIMEOUT = _cfg.get("providers.connect_timeout")
     UPSTREAM_READ_TIMEOUT = _cfg.get("providers.read_timeout")
     STORE_PROMPTS = _cfg.get("telemetry.store_prompts")
@@ -37,7 +41,7 @@ try:
     # Shipped and user recipes, checked now: a typo stops the start, naming file and rule.
     COMPRESSION_RECIPES = recipes.load(Path(COMPRESSION_RECIPES_DIR))
     # config.yaml's budget block, checked now; serving processes write it into tp_budgets.
-    BUDGETS_DECLARED = declared.parse(conf.load_yaml(TOKENPAK_HOME / "config.yaml").get("budget"))
+    BUDGETS_DECLARED = declared.parse(_file.get("budget"))
     RETENTION_DAYS = _cfg.get("telemetry.retention_days")
     TIME_ZONE = _cfg.get("time_zone")
     LOG_ENABLED = _cfg.get("log.enabled")
