@@ -32,15 +32,20 @@ async def _burst(url: str, n: int) -> list[int]:
         return await asyncio.gather(*(one(i) for i in range(n)))
 
 
-def test_it_leaves_exactly_500_rows_for_500_concurrent_requests(server, fake, rows):
-    statuses = asyncio.run(_burst(server.url, 500))
-    assert statuses == [200] * 500
-    events = rows(500, timeout=60)
-    assert len(events) == 500
-    assert len({e.trace_id for e in events}) == 500
+def test_it_leaves_exactly_1000_rows_for_1000_concurrent_mixed_requests(server, fake, rows):
+    log = server.home / "tokenpak.log"
+    before = log.read_text() if log.exists() else ""
+    statuses = asyncio.run(_burst(server.url, 1000))
+    assert statuses == [200] * 1000
+    events = rows(1000, timeout=120)
+    assert len(events) == 1000
+    assert len({e.trace_id for e in events}) == 1000
     assert all(e.status == "ok" and e.usage.output_tokens == 7 for e in events)
-    assert sum(e.stream for e in events) == 250
+    assert sum(e.stream for e in events) == 500
     assert {e.provider for e in events} == {"openai", "anthropic"}
+    written = log.read_text()[len(before):]
+    assert events[-1].trace_id in written  # the request lines are there, and nothing bad
+    assert "locked" not in written and "ERROR" not in written
 
 
 def test_it_writes_queued_rows_on_a_clean_stop(start_server, fake, rows):
