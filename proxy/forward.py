@@ -11,10 +11,10 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from functools import lru_cache, partial
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -31,6 +31,7 @@ from telemetry.ledger import Record, new_trace_id, record
 from telemetry.models import Status
 from tokenpak_site.logs import redact_headers
 
+T = TypeVar("T")
 log = logging.getLogger("tokenpak.requests")
 
 # Never forwarded upstream: connection-level headers, what httpx sets itself, cookies for
@@ -189,7 +190,7 @@ async def forward(request: HttpRequest, route: Route) -> HttpResponse:
             upstream_request = pool.client.build_request(
                 request.method or "POST", url, headers=target_headers, content=body or None
             )
-            response = await pool.send(upstream_request)
+            response = await _in_time(pool.send(upstream_request), rec)
             if response.status_code >= 500 and not last:
                 await response.aclose()
                 failed.append(f"{rec.upstream}: http_{response.status_code}")
@@ -199,9 +200,9 @@ async def forward(request: HttpRequest, route: Route) -> HttpResponse:
             streaming = response.is_success and "text/event-stream" in response.headers.get(
                 "content-type", ""
             )
-            data = b"" if streaming else await _read(response)
+            data = b"" if streaming else await _in_time(_read(response), rec)
         except httpx.HTTPError as e:
-            if not last:
+            if not last and not isinstance(e, TotalTimeout):  # no time left for another
                 failed.append(f"{rec.upstream}: {type(e).__name__}")
                 continue
             rec.failover = "; ".join(failed)
@@ -261,6 +262,8 @@ async def _relay(
         # per chunk, and a stream is hundreds of chunks.
         chunks = (response.aiter_bytes() if "content-encoding" in response.headers
                   else response.aiter_raw())
+        if settings.UPSTREAM_TOTAL_TIMEOUT:
+            chunks = _timed(chunks, rec)
         async for chunk in chunks:
             out = b"".join([tap.event(event) for event in splitter.feed(chunk)])
             if out:
@@ -282,7 +285,8 @@ async def _relay(
     except httpx.TimeoutException as e:
         status, error_class = Status.UPSTREAM_TIMEOUT, type(e).__name__
         yield tap.flush() + provider.cut_event(
-            "TokenPak: the provider stopped sending (read timeout)."
+            f"TokenPak: {e}." if isinstance(e, TotalTimeout)
+            else "TokenPak: the provider stopped sending (read timeout)."
         )
     except httpx.HTTPError as e:
         status, error_class = Status.STREAM_CUT, type(e).__name__
@@ -302,6 +306,32 @@ async def _relay(
         rec.answer = partial(answers.of_events, tap.seen)
         rec.finish(status, error_class=error_class)
         record(rec)
+
+
+class TotalTimeout(httpx.TimeoutException):
+    """providers.total_timeout ran out: handled like any upstream timeout, never failed over."""
+
+
+async def _in_time(step: Awaitable[T], rec: Record) -> T:
+    """step, within what is left of providers.total_timeout (no limit when it is 0)."""
+    total = settings.UPSTREAM_TOTAL_TIMEOUT
+    if not total:
+        return await step
+    try:
+        return await asyncio.wait_for(step, max(0.0, rec.ts + total - time.time()))
+    except TimeoutError:
+        raise TotalTimeout(
+            f"the request took longer than providers.total_timeout ({total:g} s)") from None
+
+
+async def _timed(chunks: AsyncIterator[bytes], rec: Record) -> AsyncIterator[bytes]:
+    it = aiter(chunks)
+    while True:
+        try:
+            chunk = await _in_time(anext(it), rec)
+        except StopAsyncIteration:
+            return
+        yield chunk
 
 
 async def _read(response: httpx.Response) -> bytes:
@@ -417,7 +447,9 @@ def _failed(
     rec.finish(outcome, error_class=type(error).__name__)
     record(rec)
     where, why = f"{provider.name} upstream {httpx.URL(url).host}", type(error).__name__
-    if outcome == Status.UPSTREAM_TIMEOUT:
+    if isinstance(error, TotalTimeout):
+        message = f"TokenPak: {error}."
+    elif outcome == Status.UPSTREAM_TIMEOUT:
         message = f"TokenPak: {where} timed out ({why})."
     else:
         message = f"TokenPak: could not reach {where} ({why})."

@@ -275,3 +275,37 @@ def test_it_keeps_serving_others_while_one_provider_hangs(start_server, fake, ro
     # Every OpenAI answer came while the Anthropic request was still waiting on its provider.
     assert finished == ["openai"] * 20 + ["anthropic"]
     rows(21)
+
+
+# --- the total timeout -------------------------------------------------------------------------
+
+
+def test_it_ends_a_request_at_the_total_timeout_without_failing_over(start_server, fake, rows,
+                                                                     tmp_path, second):
+    server = served(start_server, tmp_path, fake.url, [second.url],
+                    TOKENPAK_TOTAL_TIMEOUT="1", TOKENPAK_READ_TIMEOUT="60")
+    r = httpx.post(server.url + "/v1/chat/completions", timeout=30,
+                   headers={"authorization": f"Bearer {KEY}", "x-fake-scenario": "hang"},
+                   json={"model": "gpt-4o-mini", "messages": MESSAGES})
+    assert r.status_code == 504
+    assert r.json()["error"]["message"] == (
+        "TokenPak: the request took longer than providers.total_timeout (1 s).")
+    [event] = rows(1)
+    assert (event.status, event.error_class) == ("upstream_timeout", "TotalTimeout")
+    assert second.log == []  # no time was left for a fallback
+
+
+def test_it_cuts_a_stream_that_outlasts_the_total_timeout(start_server, fake, rows):
+    server = start_server(TOKENPAK_TOTAL_TIMEOUT="1")
+    body = b""
+    with httpx.stream("POST", server.url + "/v1/chat/completions", timeout=30,
+                      headers={"authorization": f"Bearer {KEY}",
+                               "x-fake-scenario": "delay=0.4"},
+                      json={"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True}) as r:
+        assert r.status_code == 200
+        for chunk in r.iter_bytes():
+            body += chunk
+    assert b"providers.total_timeout (1 s)" in body  # said in the stream, as an error event
+    [event] = rows(1)
+    assert (event.status, event.error_class) == ("upstream_timeout", "TotalTimeout")
+    assert event.usage.estimated  # the tokens that did arrive are counted

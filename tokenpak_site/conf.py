@@ -55,6 +55,9 @@ KEYS: dict[str, Key] = {
         # Reasoning models can think for minutes before the first byte.
         Key("TOKENPAK_READ_TIMEOUT", "providers.read_timeout", "seconds between upstream bytes",
             kind="float", default=600.0, lo=0.1, hi=3600.0),
+        Key("TOKENPAK_TOTAL_TIMEOUT", "providers.total_timeout",
+            "seconds a request may take in all, stream included; 0: no limit",
+            kind="float", default=0.0, lo=0.0, hi=86400.0),
         Key("TOKENPAK_STORE_PROMPTS", "telemetry.store_prompts", "store request/response bodies",
             kind="bool", default=False),
         Key("TOKENPAK_STATS_FOOTER", "telemetry.stats_footer",

@@ -33,6 +33,7 @@ try:
     ANTHROPIC_FALLBACKS = conf.fallbacks(_file, "anthropic", os.environ)
     UPSTREAM_CONNECT_TIMEOUT = _cfg.get("providers.connect_timeout")
     UPSTREAM_READ_TIMEOUT = _cfg.get("providers.read_timeout")
+    UPSTREAM_TOTAL_TIMEOUT = _cfg.get("providers.total_timeout")
     STORE_PROMPTS = _cfg.get("telemetry.store_prompts")
     STATS_FOOTER = _cfg.get("telemetry.stats_footer")
     BUDGET_WEBHOOK_URL = _cfg.get("budget.webhook_url")
