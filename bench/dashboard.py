@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -24,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tokenpak_site.settings")
 
 import django
-from asgiref.sync import async_to_sync
 
 django.setup()
 
+from admin import WARMUP, timed  # noqa: E402 - bench/admin.py, beside this file
 from django.conf import settings  # noqa: E402
 from django.contrib.auth import get_user_model  # noqa: E402
 from django.db import connection  # noqa: E402
@@ -38,27 +37,12 @@ from telemetry import access, reports  # noqa: E402
 from telemetry.models import Event  # noqa: E402
 
 TARGET_MS = 500.0
-WARMUP = 2
 
 
 async def _first_chunk(content: Any) -> None:
     async for _ in content:
         break
     await content.aclose()  # as a client leaving after the first rows
-
-
-def timed(request: Callable[[], HttpResponse], runs: int) -> tuple[list[float], HttpResponse]:
-    for _ in range(WARMUP):
-        request()
-    times, response = [], None
-    for _ in range(runs):
-        started = time.perf_counter()
-        response = request()
-        if response.streaming:  # an export answers when its first rows are out
-            async_to_sync(_first_chunk)(response.streaming_content)
-        times.append((time.perf_counter() - started) * 1000)
-    assert response is not None
-    return times, response
 
 
 def main(runs: int) -> int:
@@ -118,7 +102,8 @@ def main(runs: int) -> int:
           f"{WARMUP} warm-up runs")
     failed = 0
     for name, request in calls:
-        times, response = timed(request, runs)
+        # An export answers when its first rows are out.
+        times, response = timed(request, runs, _first_chunk)
         median = statistics.median(times)
         ok = response.status_code == 200
         # The default views are held to the target; the 30-day ones are reported.
