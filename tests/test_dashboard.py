@@ -6,7 +6,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
+import random
 import re
+import time
 from decimal import Decimal
 
 import httpx
@@ -15,7 +18,8 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.test import override_settings
 
-from telemetry import exporting, reports, traces
+from telemetry import dashboard, exporting, reports, traces
+from telemetry.models import Event
 from tests.conftest import send
 from tests.test_compression_proxy import PRETTY, oai, tool_turns
 
@@ -349,3 +353,24 @@ def test_it_counts_wrong_admin_passwords_too(server):
         r = client.post("/admin/login/", data={
             "csrfmiddlewaretoken": csrf, "username": "ana", "password": "pw-ana-123"})
         assert r.status_code == 429
+
+
+@pytest.mark.django_db
+def test_it_reads_percentiles_within_half_a_percent_and_inside_the_values_seen():
+    rng = random.Random(8)
+    # Fast local calls (a few ms, where a bucket is widest relative to the value), slow ones, and
+    # a long tail; one value alone at the top, so p99 lands in a bucket it must not overshoot.
+    values = ([round(rng.uniform(0.2, 6.0), 3) for _ in range(600)]
+              + [round(rng.lognormvariate(6, 1), 3) for _ in range(390)] + [4.058] * 9 + [90000.0])
+    now = time.time()
+    Event.objects.bulk_create([
+        Event(trace_id=f"{i:032x}", event_type="chat.completions", ts=now - i, provider="openai",
+              model="gpt-4o-mini", status="ok", duration_ms=v) for i, v in enumerate(values)])
+    got = dashboard.percentiles(dashboard.distribution(Event.objects.all(), "duration_ms"),
+                                (1, 25, 50, 90, 95, 99, 100))
+    ordered = sorted(values)
+    for p, v in got.items():
+        exact = ordered[math.ceil(len(values) * p / 100) - 1]
+        assert abs(v - exact) <= exact * 0.005 + 0.01, (p, v, exact)
+        assert ordered[0] - 0.005 <= v <= ordered[-1] + 0.005
+    assert got[100] == 90000.0
