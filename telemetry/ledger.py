@@ -8,15 +8,18 @@ response never waits on the database.
 from __future__ import annotations
 
 import atexit
+import json
 import logging
+import os
 import queue
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -24,7 +27,7 @@ from django.conf import settings
 from django.db import DatabaseError, connection, models, transaction
 
 from budgets import guard
-from telemetry import captures, pricing, retention
+from telemetry import captures, pricing, retention, spool
 from telemetry.models import (
     NANO,
     Cost,
@@ -36,6 +39,7 @@ from telemetry.models import (
     Usage,
     UsageSource,
 )
+from telemetry.spool import Spool
 from telemetry.usage import TokenUsage
 
 log = logging.getLogger("tokenpak.requests")
@@ -99,6 +103,7 @@ class Record:
     sent_body: bytes | None = None  # what went upstream after compression; None: nothing did
     route_note: str = ""  # what a budget did to it; empty: nothing
     answer: Callable[[], str] | None = None  # the answer's text, made only for a capture
+    spool_seq: int = 0  # the spool file holding its `r` line; 0: none (telemetry.spool)
 
     def finish(self, status: str, *, error_class: str = "") -> None:
         self.status = status
@@ -109,13 +114,37 @@ class Record:
 
 class LedgerWriter:
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[Record | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Record | object | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._pending = 0  # submitted and not yet written (or given up on)
         self._idle = threading.Condition(self._lock)
         self._said_off = False
         self._flushed = threading.Event()
+        self.spool: Spool | None = None
+        # Rows the database refused and the disk too (both full or gone): written when one is back.
+        self._stranded: list[tuple[bool, Rows]] = []
+
+    def start(self) -> None:
+        """Start the writer now (a serving process does at startup): it first writes what a
+        stopped process left in the spool."""
+        if settings.TELEMETRY_ENABLED:
+            with self._lock:
+                self._start()
+
+    def _start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        if self.spool is None:
+            self.spool = Spool(Path(settings.TOKENPAK_HOME) / "spool")
+            try:
+                self.spool.start()
+            except OSError as e:
+                writer_log.error("ledger: no spool (%s): a kill -9 loses the rows still queued", e)
+                self.spool = None
+        self._thread = threading.Thread(target=self._run, name="tokenpak-ledger", daemon=True)
+        self._thread.start()
+        retention.start()  # once per process; only serving processes write rows
 
     def submit(self, record: Record) -> None:
         if not settings.TELEMETRY_ENABLED:
@@ -128,16 +157,15 @@ class LedgerWriter:
             return
         with self._lock:
             self._pending += 1
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._run, name="tokenpak-ledger", daemon=True
-                )
-                self._thread.start()
-                retention.start()  # once per process; only serving processes submit records
-        self._queue.put(record)
+            self._start()
+            # On disk before the response's last byte goes out; in the same order as the queue.
+            if self.spool is not None:
+                record.spool_seq = self.spool.append(_facts_line(record))
+            self._queue.put(record)
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until every submitted record is written; True when nothing is left."""
+        """Wait until every submitted record is written (or, in an outage, safe in the spool);
+        True when nothing is left."""
         deadline = time.monotonic() + timeout
         self._flushed.set()  # don't wait for the batch window to end
         self._queue.put(None)  # wake the writer if it waits for a first record
@@ -147,13 +175,23 @@ class LedgerWriter:
                 if left <= 0:
                     return False
                 self._idle.wait(left)
+        if self._stranded:
+            writer_log.error("ledger: %d rows could not be written, to the database or to disk, "
+                             "before this stop: they are lost", len(self._stranded))
         return True
 
+    def stop(self) -> None:
+        """A clean stop: write what is queued; the spool goes when nothing in it is left."""
+        self.flush()
+        if self.spool is not None and not self._stranded:
+            self.spool.close()
+
     def _run(self) -> None:
+        self._write_stopped_processes_rows()
         while True:
             first = self._queue.get()
-            batch: list[Record] = [] if first is None else [first]
-            if first is not None:
+            batch: list[Record] = [] if not isinstance(first, Record) else [first]
+            if batch:
                 # Let the window fill, then take what came without waiting again: one wake-up
                 # per batch. Waking for every record cost the event loop its GIL each time.
                 self._flushed.wait(settings.LEDGER_FLUSH_SECONDS)
@@ -163,13 +201,16 @@ class LedgerWriter:
                         item = self._queue.get_nowait()
                     except queue.Empty:
                         break
-                    if item is not None:  # a flush() marker: the batch goes now anyway
+                    if isinstance(item, Record):  # None, a flush() marker: the batch goes now
                         batch.append(item)
             if batch:
                 self._write(batch)
-            with self._idle:
-                self._pending -= len(batch)
-                self._idle.notify_all()
+            self._done(len(batch))
+
+    def _done(self, n: int) -> None:
+        with self._idle:
+            self._pending -= n
+            self._idle.notify_all()
 
     def _write(self, batch: list[Record]) -> None:
         rows = []
@@ -180,38 +221,226 @@ class LedgerWriter:
             # request waits for one row's work at most, never for a whole batch's.
             time.sleep(0)
         events = [SimpleNamespace(**row[0]) for row in rows]  # for guard.settle()
-        for attempt in range(5):
+        for attempt in range(3):
             try:
                 with transaction.atomic(), connection.cursor() as cursor:
-                    for table, values in (
-                        (_EVENTS, [row[0] for row in rows]),
-                        (_USAGE, [row[1] for row in rows]),
-                        (_COSTS, [row[2] for row in rows]),
-                        (_SEGMENTS, [s for row in rows for s in row[3]]),
-                        (_RECIPE_HITS, [h for row in rows for h in row[4]]),
-                    ):
-                        table.insert(cursor, values)
+                    _insert(cursor, rows)
                     # Budget spend moves with the rows, in the same transaction.
                     grown = guard.settle(batch, events)
                     captures.take(batch)
                 break
             except DatabaseError as e:
-                writer_log.error(
-                    "ledger write failed (attempt %d, %d rows): %s", attempt + 1, len(rows), e
-                )
+                error = e
                 connection.close()
-                time.sleep(0.2 * (attempt + 1))
+                if attempt < 2:
+                    time.sleep(0.2 * (attempt + 1))
         else:
-            writer_log.error("ledger: %d rows could not be written and were dropped", len(rows))
-            guard.forget(batch)
+            self._outage(batch, rows, error)
             return
-        try:
-            guard.notify(grown)
-        except Exception:  # the rows are written; an alert must never stop the writer
-            writer_log.exception("budget alerts could not be checked")
+        if self.spool is not None:
+            self.spool.done([r.spool_seq for r in batch if r.spool_seq])
+        _notify(grown)
+
+    def _outage(self, batch: list[Record], rows: list[Rows], error: DatabaseError) -> None:
+        """The database refuses rows. Requests go on being forwarded; their rows go to the
+        spool (or memory, when the disk is full too) and in when the database takes them."""
+        since = time.time()
+        writer_log.error("ledger: the database refused %d rows (%s). Requests are still "
+                         "forwarded; their rows wait in the spool and are written when the "
+                         "database is back.", len(rows), str(error).strip())
+        # Their reservations are no longer in flight: the rows will settle only their cost.
+        guard.forget(batch)
+        kept = [(r.held, row) for r, row in zip(batch, rows, strict=True)]
+        pause, said = 0.5, since
+        while True:
+            with self._lock:  # no request joins the closed files or the queue meanwhile
+                seq, paths = self.spool.rotate() if self.spool is not None else (0, [])
+                mark = object()
+                self._queue.put(mark)
+            drained = 0
+            while (item := self._queue.get()) is not mark:
+                if isinstance(item, Record):
+                    row = _rows(item)
+                    _log_request(item, *row[:3])
+                    guard.forget([item])
+                    kept.append((item.held, row))
+                    drained += 1
+                    time.sleep(0)
+            if kept:
+                lines = [_rows_line(held, row) for held, row in kept]
+                if not (seq and self.spool is not None and self.spool.write_into(seq, lines)):
+                    self._stranded.extend(kept)
+                kept = []
+            self._done(drained)
+            waiting = len(self._stranded) + spool.count(paths)
+            if self.spool is not None:
+                self.spool.set_state({"failing_since": since, "error": str(error).strip()[:300],
+                                      "waiting": waiting})
+            try:
+                written = self._replay(paths)
+                break
+            except DatabaseError as e:
+                error = e
+                connection.close()
+            if time.time() - said >= 60:  # loud, not a line per retry
+                said = time.time()
+                writer_log.error("ledger: the database still refuses rows (%s); %d waiting",
+                                 str(error).strip(), waiting)
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
+        if self.spool is not None:
+            self.spool.forget(paths)
+            self.spool.set_state({})
+        writer_log.warning("ledger: the database takes rows again: %d rows written after %.0f s",
+                           written, time.time() - since)
+
+    def _replay(self, paths: list[Path]) -> int:
+        """Write the rows kept in memory, then those in these spool files, skipping any the
+        database holds already. Raises DatabaseError when it refuses them."""
+        written = _insert_new(self._stranded)
+        self._stranded = []
+        chunk: list[tuple[bool, Rows]] = []
+        for held, row in replayable(paths):
+            chunk.append((held, row))
+            if len(chunk) >= settings.LEDGER_BATCH_SIZE:
+                written += _insert_new(chunk)
+                chunk = []
+        return written + _insert_new(chunk)
+
+    def _write_stopped_processes_rows(self) -> None:
+        """Rows a killed process left in the spool: written before any new ones."""
+        if self.spool is None:
+            return
+        directory = self.spool.directory
+        for owner in spool.owners(directory, me=self.spool.name):
+            if owner.alive:
+                continue
+            fd = spool.claim(directory, owner.name)
+            if fd is None:
+                continue
+            try:
+                written = self._replay(owner.files)
+            except DatabaseError as e:
+                connection.close()
+                os.close(fd)
+                writer_log.error("ledger: the rows a stopped process left in the spool could "
+                                 "not be written (%s); the next start tries again", e)
+                continue
+            spool.release(directory, owner.name, fd)
+            if written:
+                writer_log.warning("ledger: wrote %d rows a stopped process (%s) left in the "
+                                   "spool", written, owner.name)
 
 
-def _rows(r: Record) -> tuple[dict, dict, dict, list[dict], list[dict]]:
+Rows = tuple[dict, dict, dict, list[dict], list[dict]]
+
+
+def _insert(cursor: Any, rows: list[Rows]) -> None:
+    for table, values in (
+        (_EVENTS, [row[0] for row in rows]),
+        (_USAGE, [row[1] for row in rows]),
+        (_COSTS, [row[2] for row in rows]),
+        (_SEGMENTS, [s for row in rows for s in row[3]]),
+        (_RECIPE_HITS, [h for row in rows for h in row[4]]),
+    ):
+        table.insert(cursor, values)
+
+
+def _insert_new(entries: list[tuple[bool, Rows]]) -> int:
+    """Insert the rows the database does not hold yet (a kill -9 can come after the commit and
+    before the spool was emptied); settle their cost against the budgets. Returns how many."""
+    if not entries:
+        return 0
+    fresh: dict[str, tuple[bool, Rows]] = {}
+    for held, row in entries:
+        fresh[row[0]["trace_id"]] = (held, row)
+    with transaction.atomic(), connection.cursor() as cursor:
+        there = Event.objects.filter(trace_id__in=list(fresh)).values_list("trace_id", flat=True)
+        for trace_id in there:
+            del fresh[trace_id]
+        if not fresh:
+            return 0
+        rows = [row for _, row in fresh.values()]
+        _insert(cursor, rows)
+        records = [SimpleNamespace(trace_id=row[0]["trace_id"], agent_id=row[0]["agent_id"],
+                                   held=held, leases=[]) for held, row in fresh.values()]
+        grown = guard.settle(records, [SimpleNamespace(**row[0]) for row in rows])
+    _notify(grown)
+    return len(rows)
+
+
+def _notify(grown: dict) -> None:
+    try:
+        guard.notify(grown)
+    except Exception:  # the rows are written; an alert must never stop the writer
+        writer_log.exception("budget alerts could not be checked")
+
+
+# --- the spool's lines ------------------------------------------------------------------------
+
+# A request's facts as its `r` line keeps them: no headers, no prompt (bodies only when
+# store_prompts put them in the ledger anyway).
+_FACTS = ("trace_id", "provider", "event_type", "endpoint", "ts", "agent_id", "session_id",
+          "requested_model", "sent_model", "model", "stream", "status", "error_class",
+          "upstream_status", "request_id", "upstream", "failover", "duration_ms", "ttfb_ms",
+          "held")
+
+
+def _facts_line(r: Record) -> bytes:
+    facts: dict[str, Any] = {k: getattr(r, k) for k in _FACTS}
+    if r.usage is not None:
+        facts["usage"] = vars(r.usage)
+    if r.compression is not None:
+        facts["compression"] = {"recipes": r.compression.recipes, "stages": r.compression.stages}
+    if r.request_body is not None:
+        facts["request_body"] = r.request_body
+    if r.response_body is not None:
+        facts["response_body"] = r.response_body
+    return json.dumps({"r": facts}, separators=(",", ":")).encode() + b"\n"
+
+
+def _rows_line(held: bool, row: Rows) -> bytes:
+    return json.dumps({"w": row, "held": held}, separators=(",", ":"), default=str).encode() + b"\n"
+
+
+@dataclass
+class _Replayed:
+    """What an `r` line says of compression: what fired and how long it took. What it saved
+    needs the prompt, which the spool never holds: a row rebuilt from the line says 0."""
+
+    recipes: dict[str, int]
+    stages: list[tuple[str, float]]
+
+    def savings(self, model: str) -> Any:
+        from proxy.compression import Savings
+
+        return Savings()
+
+
+def replayable(paths: list[Path]) -> Iterator[tuple[bool, Rows]]:
+    """(held, rows) for every request in these spool files: its `w` line when there is one,
+    else rows rebuilt from its `r` line."""
+    finished = {e["w"][0]["trace_id"] for e in spool.lines(paths) if "w" in e}
+    for entry in spool.lines(paths):
+        if "w" in entry:
+            event, usage, cost, segments, hits = entry["w"]
+            event["created_at"] = datetime.fromtimestamp(event["ts"], tz=UTC)
+            cost["cost_usd"] = Decimal(cost["cost_usd"])
+            cost["cost_saved_usd"] = Decimal(cost["cost_saved_usd"])
+            yield bool(entry.get("held")), (event, usage, cost, segments, hits)
+        elif "r" in entry and entry["r"].get("trace_id") not in finished:
+            facts = dict(entry["r"])
+            usage = facts.pop("usage", None)
+            compressed = facts.pop("compression", None)
+            r = Record(**facts)
+            r.usage = TokenUsage(**usage) if usage is not None else None
+            if compressed is not None:
+                r.compression = _Replayed(compressed["recipes"],
+                                          [tuple(s) for s in compressed["stages"]])
+            yield r.held, _rows(r)
+
+
+def _rows(r: Record) -> Rows:
     """The batch's rows for one record, as column values (tp_events, tp_usage, tp_costs, …)."""
     usage, source = r.usage, UsageSource.PROVIDER
     if usage is None and r.estimate is not None:
@@ -372,4 +601,4 @@ def record(r: Record) -> None:
 
 
 # A clean stop (SIGTERM, Ctrl-C, end of a command) writes what is queued before exiting.
-atexit.register(writer.flush)
+atexit.register(writer.stop)

@@ -76,7 +76,7 @@ def purge_all(*, chunk: int = 10_000, progress: Progress | None = None) -> int:
 
     Chunked like prune rather than four DELETEs in one transaction: on SQLite one transaction
     over a million rows holds the only write lock for many seconds, long enough for a running
-    server's ledger writer to give up (20 s busy timeout) and drop rows, and grows the WAL by
+    server's ledger writer to give up (the busy timeout) and spool its rows, and grows the WAL by
     the size of the ledger. An interrupted purge leaves some old rows; running it again ends it.
     """
     deleted = _delete_chunks(None, _count(None), chunk=chunk, progress=progress, pause=0.0)

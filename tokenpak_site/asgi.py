@@ -17,6 +17,8 @@ from telemetry import ledger  # noqa: E402
 _start = threading.Thread(target=apply_on_start, name="tokenpak-start")
 _start.start()
 _start.join()
+# Now, not at the first request: it first writes the rows a killed process left in the spool.
+ledger.writer.start()
 
 # The ledger writer and the budget refresher are Python threads: with the default 5 ms switch
 # interval a batch being priced holds the GIL for whole milliseconds while a request waits.
@@ -27,7 +29,7 @@ sys.setswitchinterval(0.0005)
 def _stop() -> None:
     """A clean stop: the queued ledger rows first (they settle against the leases), then the
     leases. atexit does the same where the server lets the process exit normally (daphne)."""
-    ledger.writer.flush()
+    ledger.writer.stop()
     guard.lessor.release_all()
 
 

@@ -73,7 +73,7 @@ elif TELEMETRY_ENABLED:
             # IMMEDIATE takes the write lock at BEGIN, so two writers wait on busy_timeout
             # instead of failing with "database is locked" on lock upgrade.
             "transaction_mode": "IMMEDIATE",
-            "timeout": 20,
+            "timeout": _cfg.get("db.busy_timeout"),
             # mmap: reports over a big ledger read pages without a read() call each.
             "init_command": (
                 "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA mmap_size=1073741824;"

@@ -1,12 +1,14 @@
 import json
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
+from django.db import DatabaseError
 
-from telemetry import reports
+from telemetry import reports, spool
 from telemetry.models import ModelPrice
 
 
@@ -25,6 +27,11 @@ class Command(BaseCommand):
         w = self.stdout.write
         if not data["telemetry"]:
             w("Telemetry:  off (TOKENPAK_DB=/dev/null): requests are forwarded, none recorded")
+            return
+        for owner in data["spool"]:
+            w(_spool_line(owner))
+        if "unavailable" in data:
+            w(f"Telemetry:  on, ledger {data['database']}: UNAVAILABLE ({data['unavailable']})")
             return
         t = data["lifetime"]
         w(f"Telemetry:  on, ledger {data['database']} ({reports.size(data['size_bytes'])})")
@@ -60,6 +67,18 @@ class Command(BaseCommand):
         }
         if not settings.TELEMETRY_ENABLED:
             return data
+        data["spool"] = [
+            {"process": o.name, "running": o.alive, "waiting": o.waiting(),
+             "failing_since": o.state.get("failing_since"), "error": o.state.get("error", "")}
+            for o in spool.owners(Path(settings.TOKENPAK_HOME) / "spool")
+            if o.state.get("failing_since") or (not o.alive and o.files)]
+        try:
+            return data | self.ledger(full)
+        except DatabaseError as e:
+            return data | {"unavailable": str(e).strip()}
+
+    def ledger(self, full: bool) -> dict[str, Any]:
+        data: dict[str, Any] = {}
         everything = reports.events()
         since, until = reports.period("today")
         first, last = reports.span(everything)
@@ -78,6 +97,18 @@ class Command(BaseCommand):
             data["by_status"] = [{"key": k, **t.as_json()}
                                  for k, t in reports.breakdown(everything, "status")]
         return data
+
+
+def _spool_line(owner: dict[str, Any]) -> str:
+    n = owner["waiting"]
+    if owner["running"]:
+        since = datetime.fromtimestamp(owner["failing_since"], tz=UTC).astimezone(
+            reports.zone()).strftime("%Y-%m-%d %H:%M:%S")
+        return (f"Ledger:     FAILING since {since}: {owner['error']}. Requests are still "
+                f"forwarded; {reports.count(n)} rows wait to be written (process "
+                f"{owner['process']}) and go in when the database takes them.")
+    return (f"Ledger:     {reports.count(n)} rows waiting in the spool of a stopped process "
+            f"({owner['process']}); the next start of the server writes them.")
 
 
 def _when(ts: float | None) -> str | None:
