@@ -212,3 +212,22 @@ def test_it_says_telemetry_is_off_in_every_report(db, settings, args):
     settings.TELEMETRY_ENABLED = False
     text = run(*args)
     assert "Telemetry is off" in text or text.strip() == '{"telemetry": false}'
+
+
+def test_it_says_when_the_ledger_cannot_be_read(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    (home / "monitor.db").write_bytes(b"not a database, " * 400)
+    done = subprocess.run(
+        [sys.executable, "-m", "tokenpak_site.cli", "status"], capture_output=True, text=True,
+        env={**{k: v for k, v in os.environ.items() if k != "TOKENPAK_DB"},
+             "DJANGO_SETTINGS_MODULE": "tokenpak_site.settings", "TOKENPAK_HOME": str(home),
+             "DATABASE_URL": ""},
+        timeout=60)
+    assert done.returncode == 1
+    assert done.stdout == (f"Telemetry:  on, ledger {home / 'monitor.db'}: UNAVAILABLE "
+                           "(file is not a database)\n")

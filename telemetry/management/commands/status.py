@@ -32,7 +32,7 @@ class Command(BaseCommand):
             w(_spool_line(owner))
         if "unavailable" in data:
             w(f"Telemetry:  on, ledger {data['database']}: UNAVAILABLE ({data['unavailable']})")
-            return
+            raise SystemExit(1)  # for scripts and monitors: the ledger cannot be read
         t = data["lifetime"]
         w(f"Telemetry:  on, ledger {data['database']} ({reports.size(data['size_bytes'])})")
         w(f"Requests:   {reports.count(t['requests'])} (today "
@@ -75,7 +75,7 @@ class Command(BaseCommand):
         try:
             return data | self.ledger(full)
         except DatabaseError as e:
-            return data | {"unavailable": str(e).strip()}
+            return data | {"unavailable": " ".join(str(e).split())}
 
     def ledger(self, full: bool) -> dict[str, Any]:
         data: dict[str, Any] = {}
