@@ -39,6 +39,7 @@ class Load:
 
     def __init__(self, url: str, clients: int = 12) -> None:
         self.url, self.answered, self.failed = url, [], 0
+        self.wrong: list[str] = []  # answers that were not a whole 200
         self.stopping = threading.Event()
         self.threads = [threading.Thread(target=self._client, args=(i,)) for i in range(clients)]
 
@@ -54,10 +55,11 @@ class Load:
                     self.failed += 1
                     time.sleep(0.01)
                     continue
-                assert r.status_code == 200, r.text
-                if body.get("stream"):
-                    assert r.text.rstrip().endswith(
-                        "data: [DONE]" if "chat" in path else '{"type":"message_stop"}')
+                end = "data: [DONE]" if "chat" in path else '{"type":"message_stop"}'
+                if r.status_code != 200 or (body.get("stream") and
+                                            not r.text.rstrip().endswith(end)):
+                    self.wrong.append(f"{r.status_code} {r.text[-200:]}")
+                    continue
                 self.answered.append(r.headers["x-tokenpak-trace-id"])
 
     def __enter__(self) -> Load:
@@ -103,7 +105,7 @@ def test_it_loses_no_answered_request_to_a_kill_9_under_load(start_server, fake,
         server.proc.send_signal(signal.SIGKILL)
         server.proc.wait()
     answered = list(load.answered)
-    assert answered and server.proc.returncode == -signal.SIGKILL
+    assert answered and not load.wrong and server.proc.returncode == -signal.SIGKILL
     lost_without_spool = set(answered) - stored()
     assert lost_without_spool  # not written when the process died: only the spool has them
     if connection.vendor == "sqlite":
@@ -239,7 +241,7 @@ def test_it_keeps_forwarding_while_the_database_is_down_and_catches_up(start_ser
         # The database is back: everything that was answered meanwhile goes in.
         wait_for(lambda: "the database takes rows again" in log.read_text(), timeout=60)
     answered = list(load.answered)
-    assert load.failed == 0
+    assert load.failed == 0 and load.wrong == []
     wait_for(lambda: set(answered) <= stored(), timeout=30)
     assert_whole(answered)
     assert "FAILING" not in status_text(home)
@@ -266,7 +268,7 @@ def test_it_keeps_forwarding_on_a_full_disk_and_catches_up(start_server, fake, t
                          (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
         wait_for(lambda: len(load.answered) >= seen + 150, timeout=60)
     answered = list(load.answered)
-    assert load.failed == 0
+    assert load.failed == 0 and load.wrong == []
     wait_for(lambda: set(answered) <= stored(), timeout=30)
     assert_whole(answered)
     wait_for(lambda: "FAILING" not in status_text(home), timeout=30)
