@@ -160,7 +160,12 @@ class LedgerWriter:
             self._start()
             # On disk before the response's last byte goes out; in the same order as the queue.
             if self.spool is not None:
-                record.spool_seq = self.spool.append(_facts_line(record))
+                try:
+                    line = _facts_line(record)
+                except (TypeError, ValueError):  # a value JSON can't hold must not fail a request
+                    writer_log.exception("ledger: %s could not be spooled", record.trace_id)
+                else:
+                    record.spool_seq = self.spool.append(line)
             self._queue.put(record)
 
     def flush(self, timeout: float = 10.0) -> bool:
