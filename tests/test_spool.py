@@ -305,3 +305,27 @@ def test_it_skips_rows_the_database_already_holds(kind, start_server, fake, tmp_
     start_server(home=home).stop()
     assert list(Event.objects.values_list("trace_id", flat=True)) == [trace_id]
     assert list(spool_dir.iterdir()) == []
+
+
+def test_it_moves_to_a_new_file_when_one_is_full_and_deletes_files_whose_rows_are_in(tmp_path):
+    from telemetry import spool
+
+    s = spool.Spool(tmp_path / "spool")
+    s.start()
+    line = json.dumps({"r": {"trace_id": "x" * 32, "pad": "p" * 500}}).encode() + b"\n"
+    seqs = [s.append(line) for _ in range(spool.SEGMENT_BYTES // len(line) + 10)]
+    assert sorted(set(seqs)) == [1, 2]
+    files = sorted((tmp_path / "spool").glob("*.jsonl"))
+    assert len(files) == 2 and files[0].stat().st_size >= spool.SEGMENT_BYTES
+    [me] = spool.owners(tmp_path / "spool")
+    assert me.alive and me.files == files and me.waiting() == 1  # one trace id, many lines
+
+    s.done([q for q in seqs if q == 1])  # the full file's rows are committed: it goes
+    assert sorted((tmp_path / "spool").glob("*.jsonl")) == files[1:]
+    s.done([q for q in seqs if q == 2])  # the current one is emptied, and kept for appends
+    assert files[1].stat().st_size == 0
+    assert s.append(line) == 2 and files[1].stat().st_size == len(line)
+    s.done([2])
+    s.close()
+    assert list((tmp_path / "spool").iterdir()) == []
+    assert spool.owners(tmp_path / "spool") == []
