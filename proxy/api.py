@@ -15,13 +15,20 @@ from proxy.providers import ANTHROPIC, OPENAI, Provider
 router = Router(tags=["proxy"])
 
 CHAT = Route(
-    OPENAI, "chat.completions", "/v1/chat/completions", requires_model=True, stats_footer=True,
-    compress=True,
+    OPENAI, "chat.completions", "/v1/chat/completions", requires_model=True, json_body=True,
+    stats_footer=True, compress=True,
 )
 MESSAGES = Route(
-    ANTHROPIC, "messages", "/v1/messages", requires_model=True, stats_footer=True, compress=True
+    ANTHROPIC, "messages", "/v1/messages", requires_model=True, json_body=True,
+    stats_footer=True, compress=True,
 )
-COUNT_TOKENS = Route(ANTHROPIC, "count_tokens", "/v1/messages/count_tokens", billable=False)
+COUNT_TOKENS = Route(
+    ANTHROPIC, "count_tokens", "/v1/messages/count_tokens", billable=False, json_body=True
+)
+# OpenAI's model calls besides chat take JSON only. Its other endpoints (files, audio, image
+# edits, uploads, …) take multipart forms too, and more of them keep coming: a body declared
+# as anything but JSON goes to those as it is, for the provider to judge.
+OPENAI_JSON_ONLY = frozenset({"chat", "completions", "embeddings", "moderations", "responses"})
 
 
 def _post(path: str, route: Route) -> None:
@@ -71,17 +78,22 @@ for prefix in ("", "/openai", "/anthropic"):
 
 async def openai_other(request: HttpRequest, rest: str) -> HttpResponse:
     """embeddings, responses, completions, …: forwarded as they are, usage as reported."""
-    event_type = rest.split("/")[0][:32]
-    return await forward(request, Route(OPENAI, event_type, f"/v1/{rest}"))
+    first = rest.split("/")[0]
+    return await forward(request, Route(OPENAI, first[:32], f"/v1/{rest}",
+                                        json_body=first in OPENAI_JSON_ONLY))
 
 
 async def anthropic_other(request: HttpRequest, rest: str) -> HttpResponse:
+    """message batches: JSON only, like everything under /v1/messages."""
     event_type = ("messages." + rest.split("/")[0])[:32]
-    return await forward(request, Route(ANTHROPIC, event_type, f"/v1/messages/{rest}"))
+    return await forward(
+        request, Route(ANTHROPIC, event_type, f"/v1/messages/{rest}", json_body=True))
 
 
 async def anthropic_prefixed(request: HttpRequest, rest: str) -> HttpResponse:
-    return await forward(request, Route(ANTHROPIC, rest.split("/")[0][:32], f"/v1/{rest}"))
+    first = rest.split("/")[0]
+    return await forward(request, Route(ANTHROPIC, first[:32], f"/v1/{rest}",
+                                        json_body=first == "messages"))
 
 
 # Catch-alls last: Django takes the first matching pattern.

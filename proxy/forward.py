@@ -24,7 +24,7 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
 from budgets import guard
 from budgets.guard import Verdict
-from proxy import answers, compression, footer, upstream
+from proxy import answers, compression, footer, limits, upstream
 from proxy.providers import OPENAI, Provider, StreamTap
 from proxy.sse import EventSplitter
 from telemetry.ledger import Record, new_trace_id, record
@@ -84,6 +84,8 @@ class Route:
     upstream_path: str
     billable: bool = True  # count_tokens and model lists cost nothing
     requires_model: bool = False
+    # The provider takes only a JSON body here: any other body is refused, not forwarded.
+    json_body: bool = False
     stats_footer: bool = False  # chat completions and messages: answers a person reads
     compress: bool = False  # chat completions and messages: conversations worth compressing
 
@@ -94,9 +96,11 @@ async def forward(request: HttpRequest, route: Route) -> HttpResponse:
         trace_id=new_trace_id(),
         provider=provider.name,
         event_type=route.event_type,
-        endpoint=request.path,
+        endpoint=request.path[:255],  # the column's width; the request line logs it too
         ts=time.time(),
     )
+    if refused := limits.refusal(request.scope):  # type: ignore[attr-defined]
+        return _refuse(rec, provider, *refused)
     headers = _upstream_headers(request, rec)
 
     try:
@@ -109,9 +113,13 @@ async def forward(request: HttpRequest, route: Route) -> HttpResponse:
         rec.original_body = body
 
     payload: Any = None
-    # Chat and messages only take JSON, whatever a hand-written curl says its body is.
-    if body and (route.requires_model or _is_json(request)):
-        payload, problem = _parse(body, route.requires_model)
+    # JSON-only endpoints read the body as JSON whatever a hand-written curl says it is (curl -d
+    # sends application/x-www-form-urlencoded). A body that is not JSON gets 400, not 415: both
+    # providers answer a body they cannot parse with 400 invalid_request_error, which their
+    # SDKs raise as BadRequestError, and the same Content-Type with a JSON body is taken here,
+    # so what is wrong is the body.
+    if body and (route.json_body or _is_json(request)):
+        payload, problem = _parse(body, route.requires_model, _sent_as(request))
         if problem:
             return _refuse(rec, provider, 400, problem)
         rec.requested_model = rec.sent_model = str(payload.get("model") or "")
@@ -387,6 +395,15 @@ def _is_json(request: HttpRequest) -> bool:
     return content_type in ("", "application/json", "text/plain") or content_type.endswith("+json")
 
 
+def _sent_as(request: HttpRequest) -> str:
+    """What the body was declared as, when that may explain why it is not JSON."""
+    declared = request.content_type or ""
+    if not declared or declared == "application/json" or declared.endswith("+json"):
+        return ""
+    # The client's own words: shortened, like anything of a request's that may be logged.
+    return f" This endpoint takes a JSON body; it was sent as {declared[:64]}."
+
+
 def _loads(data: bytes) -> Any:
     try:
         return json.loads(data)
@@ -394,13 +411,13 @@ def _loads(data: bytes) -> Any:
         return None
 
 
-def _parse(body: bytes, requires_model: bool) -> tuple[dict, str]:
+def _parse(body: bytes, requires_model: bool, sent_as: str = "") -> tuple[dict, str]:
     try:
         payload = json.loads(body)
     except UnicodeDecodeError:
-        return {}, "Request body is not valid UTF-8."
+        return {}, "Request body is not valid UTF-8." + sent_as
     except ValueError as e:
-        return {}, f"Request body is not valid JSON: {e}."
+        return {}, f"Request body is not valid JSON: {e}.{sent_as}"
     if not isinstance(payload, dict):
         return {}, "Request body must be a JSON object."
     model = payload.get("model")

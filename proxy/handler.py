@@ -13,6 +13,10 @@ Kept from Django's handler: the Host check against ALLOWED_HOSTS (a page in the 
 not reach the proxy through DNS rebinding), URL resolution, and a client that disconnects
 cancelling the view or the stream it is reading (views catch asyncio.CancelledError, record
 the request and re-raise), as Django ≥ 5.0 does.
+
+Added: absurd URLs and headers (proxy/limits.py) get 414 or 431 on every path, as uvicorn
+does not refuse them: in the provider's shape with a ledger row on the proxy routes (their
+view checks), in plain text before Django on the others.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from django.core.exceptions import DisallowedHost
 from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpResponse, HttpResponseBase
 from django.urls import Resolver404, get_resolver
+
+from proxy import limits
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -54,7 +60,11 @@ class ProxyFirst:
         path = scope.get("path", "")
         if (scope["type"] == "http" and path.startswith(PREFIXES)
                 and not path.startswith(DJANGO_PREFIXES)):
-            await self.proxy(scope, receive, send)
+            await self.proxy(scope, receive, send)  # its view refuses absurd sizes, in shape
+        elif scope["type"] == "http" and (refused := limits.refusal(scope)):
+            # uvicorn hands on headers of any size (proxy/limits.py): Django would take them too.
+            status, message = refused
+            await _send(HttpResponse(message, status=status, content_type="text/plain"), send)
         elif scope["type"] == "lifespan":
             await self.lifespan(receive, send)
         else:

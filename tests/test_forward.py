@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import anthropic
 import httpx
 import openai
 import pytest
 
+from telemetry.models import Cost, Event, Usage
 from tests.live import free_port
 
 OPENAI_HEADERS = {"authorization": "Bearer sk-test-000000", "content-type": "application/json"}
@@ -163,3 +166,138 @@ def test_it_reads_a_chat_body_sent_as_a_form_by_a_hand_written_curl(server, fake
     )
     assert response.status_code == 200
     assert rows(1)[0].requested_model == "gpt-4o-mini"
+
+
+FORM = "application/x-www-form-urlencoded"
+MULTIPART = "multipart/form-data; boundary=tp"
+PARTS = b'--tp\r\nContent-Disposition: form-data; name="model"\r\n\r\ngpt-4o\r\n--tp--\r\n'
+
+
+def _error(response: httpx.Response, provider: str) -> dict:
+    """The error as the provider's SDK reads it, after checking the envelope is that SDK's."""
+    payload = response.json()
+    if provider == "anthropic":
+        assert payload["type"] == "error" and set(payload["error"]) == {"type", "message"}
+        return payload["error"]
+    assert set(payload["error"]) == {"message", "type", "param", "code"}
+    return payload["error"]
+
+
+def _one_complete_refusal(rows: Callable[..., list], response: httpx.Response) -> Event:
+    """One invalid_request row, with its usage and cost rows: all three tables or none."""
+    [event] = rows(1)
+    assert (event.status, event.error_class, event.upstream_status) == (
+        "invalid_request", f"http_{response.status_code}", None)
+    assert response.headers["x-tokenpak-trace-id"] == event.trace_id
+    assert (Usage.objects.count(), Cost.objects.count()) == (1, 1)
+    assert (event.usage.input_tokens, event.usage.output_tokens, event.cost.cost_usd) == (0, 0, 0)
+    return event
+
+
+@pytest.mark.parametrize(
+    "path, content_type, body",
+    [
+        ("/v1/chat/completions", "text/plain", b"hi, what is 2 + 2?"),
+        ("/v1/chat/completions", FORM, b"model=gpt-4o&messages=hi"),
+        ("/v1/chat/completions", MULTIPART, PARTS),
+        ("/v1/embeddings", FORM, b"model=text-embedding-3-small&input=hi"),
+        ("/v1/embeddings", MULTIPART, PARTS),
+        ("/v1/responses", "application/octet-stream", b"\x00\x01\x02"),
+        ("/v1/messages", "text/plain", b"hi, what is 2 + 2?"),
+        ("/v1/messages", FORM, b"model=claude-haiku-4-5&max_tokens=5"),
+        ("/v1/messages", MULTIPART, PARTS),
+        ("/v1/messages/count_tokens", "application/xml", b"<model>claude-haiku-4-5</model>"),
+    ],
+)
+def test_it_refuses_a_body_in_another_content_type_that_is_not_json(
+        server, fake, rows, path, content_type, body):
+    provider = "anthropic" if path.startswith("/v1/messages") else "openai"
+    headers = {**(ANTHROPIC_HEADERS if provider == "anthropic" else OPENAI_HEADERS),
+               "content-type": content_type}
+    response = httpx.post(server.url + path, content=body, headers=headers)
+    assert response.status_code == 400
+    error = _error(response, provider)
+    assert error["type"] == "invalid_request_error"
+    assert error["message"].startswith("Request body is not valid JSON")
+    assert error["message"].endswith(
+        f"This endpoint takes a JSON body; it was sent as {content_type.split(';')[0]}.")
+    assert fake.log == []  # the provider never saw it
+    _one_complete_refusal(rows, response)
+
+
+def test_it_forwards_json_and_uploads_whatever_their_content_type_says(server, fake, rows):
+    # A hand-written curl -d: JSON, declared as a form.
+    embeddings = httpx.post(server.url + "/v1/embeddings",
+                            content=b'{"model": "text-embedding-3-small", "input": "hi"}',
+                            headers={**OPENAI_HEADERS, "content-type": FORM})
+    assert embeddings.status_code == 200 and embeddings.json()["data"]
+    # Uploads are multipart: forwarded as they are, for the provider to judge.
+    upload = httpx.post(server.url + "/v1/files", content=PARTS,
+                        headers={**OPENAI_HEADERS, "content-type": MULTIPART})
+    assert upload.status_code == 404  # the fake has no files API: its own answer, passed on
+    sent = {r.path: r for r in fake.log}
+    assert sent["/v1/embeddings"].json == {"model": "text-embedding-3-small", "input": "hi"}
+    assert sent["/v1/files"].body == PARTS
+    assert sent["/v1/files"].headers["content-type"] == MULTIPART
+    assert sorted(e.status for e in rows(2)) == ["error", "ok"]
+
+
+SECRET = "sk-absurd-"  # the start of every oversized value below: it must never be shown
+
+
+@pytest.mark.parametrize(
+    "path, headers",
+    [
+        ("/v1/chat/completions", {"x-padding": SECRET + "p" * 100_000}),
+        ("/v1/chat/completions", {"x-padding": SECRET + "p" * 1_000_000}),
+        ("/v1/chat/completions", {f"x-h{i}": "v" for i in range(10_000)}),
+        ("/v1/chat/completions", {"authorization": "Bearer " + SECRET + "k" * 1_000_000}),
+        ("/v1/chat/completions", {"x-tokenpak-agent": SECRET + "a" * 100_000}),
+        ("/v1/messages", {"x-api-key": SECRET + "k" * 1_000_000}),
+        ("/v1/messages", {"x-padding": SECRET + "p" * 100_000}),
+    ],
+    ids=["100KB", "1MB", "10000-headers", "1MB-authorization", "100KB-agent", "1MB-x-api-key",
+         "100KB-anthropic"],
+)
+def test_it_refuses_absurd_headers_with_431_in_the_provider_shape(server, fake, rows, path,
+                                                                   headers):
+    provider = "anthropic" if path.startswith("/v1/messages") else "openai"
+    base = ANTHROPIC_HEADERS if provider == "anthropic" else OPENAI_HEADERS
+    body = {"model": "gpt-4o-mini", "max_tokens": 5, "messages": []}
+    response = httpx.post(server.url + path, json=body, headers={**base, **headers}, timeout=30)
+    assert response.status_code == 431
+    error = _error(response, provider)
+    assert error["type"] == "invalid_request_error"
+    assert "TokenPak takes at most" in error["message"]
+    assert SECRET not in response.text and len(response.content) < 500
+    assert fake.log == []
+    event = _one_complete_refusal(rows, response)
+    assert event.agent_id == ""  # read after the check: nothing of the headers is kept
+    # The server is still whole and serves the next request.
+    again = httpx.post(server.url + path, json=body, headers=base)
+    assert again.status_code == 200 and len(fake.log) == 1
+    assert [e.status for e in rows(2)] == ["invalid_request", "ok"]
+    assert SECRET not in server.output()
+
+
+def test_it_forwards_large_headers_under_the_limit(server, fake, rows):
+    response = httpx.post(server.url + "/v1/chat/completions",
+                          json={"model": "gpt-4o-mini", "messages": []},
+                          headers={**OPENAI_HEADERS, "x-padding": "p" * 60_000})
+    assert response.status_code == 200
+    assert len(fake.log[0].headers["x-padding"]) == 60_000
+    assert rows(1)[0].status == "ok"
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+def test_it_refuses_a_url_over_the_limit_with_414(server, fake, rows, path):
+    provider = "anthropic" if path.startswith("/v1/messages") else "openai"
+    headers = ANTHROPIC_HEADERS if provider == "anthropic" else OPENAI_HEADERS
+    response = httpx.post(server.url + path + "?q=" + "q" * 20_000, headers=headers,
+                          json={"model": "gpt-4o-mini", "max_tokens": 5, "messages": []})
+    assert response.status_code == 414
+    error = _error(response, provider)
+    url = len(path) + len("?q=") + 20_000
+    assert error["message"] == f"Request URL is {url:,} bytes long; TokenPak takes at most 16,384."
+    assert fake.log == []
+    _one_complete_refusal(rows, response)

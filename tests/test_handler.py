@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import httpx
 import openai
 
@@ -59,3 +61,48 @@ def test_it_serves_sdk_streams_whole(server, fake, rows):
     assert text == DEFAULT_TEXT
     [event] = rows(1)
     assert event.status == "ok" and event.stream and event.usage.output_tokens > 0
+
+
+ABSURD = "absurd-" + "x" * 100_000
+
+
+def test_it_refuses_absurd_headers_and_urls_on_pages_in_plain_text(server, fake, rows):
+    for response, status in [
+        (httpx.get(server.url + "/admin/login/", cookies={"jar": ABSURD}), 431),
+        (httpx.get(server.url + "/dashboard/", headers={f"x-h{i}": "v" for i in range(10_000)}),
+         431),
+        (httpx.get(server.url + "/v1/telemetry/events", headers={"authorization": ABSURD}), 431),
+        (httpx.get(server.url + "/admin/login/?next=" + "x" * 20_000), 414),
+    ]:
+        assert response.status_code == status
+        assert response.headers["content-type"] == "text/plain"
+        assert "TokenPak takes at most" in response.text and "absurd" not in response.text
+    # Still serving, and what went before left no row: the only one is the next request's.
+    assert httpx.get(server.url + "/admin/login/").status_code == 200
+    assert httpx.post(server.url + "/v1/chat/completions",
+                      json={"model": "gpt-4o-mini", "messages": []},
+                      headers={"authorization": f"Bearer {KEY}"}).status_code == 200
+    assert [e.status for e in rows(1)] == ["ok"]
+    assert "absurd" not in server.output()
+
+
+def test_it_leaves_a_url_longer_than_uvicorn_parses_to_uvicorn(server, fake, rows):
+    # httptools refuses URLs over 64 KB itself, before the app: plain 400, connection closed.
+    # (httpx will not send one: a raw socket does, as a broken client would.)
+    body = b'{"model": "gpt-4o-mini", "messages": []}'
+    request = (b"POST /v1/chat/completions?q=" + b"q" * 100_000 + b" HTTP/1.1\r\n"
+               b"host: 127.0.0.1\r\ncontent-type: application/json\r\n"
+               b"authorization: Bearer " + KEY.encode() + b"\r\n"
+               b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(request)
+        answer = b""
+        while chunk := s.recv(65536):  # until uvicorn closes the connection
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert answer.endswith(b"\r\n\r\nInvalid HTTP request received.")
+    assert fake.log == []
+    assert httpx.post(server.url + "/v1/chat/completions",
+                      json={"model": "gpt-4o-mini", "messages": []},
+                      headers={"authorization": f"Bearer {KEY}"}).status_code == 200
+    assert [e.status for e in rows(1)] == ["ok"]
