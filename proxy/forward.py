@@ -24,7 +24,7 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
 from budgets import guard
 from budgets.guard import Verdict
-from proxy import answers, compression, footer, limits, upstream
+from proxy import answers, auth, compression, footer, limits, upstream
 from proxy.providers import OPENAI, Provider, StreamTap
 from proxy.sse import EventSplitter
 from telemetry.ledger import Record, new_trace_id, record
@@ -92,6 +92,11 @@ class Route:
 
 async def forward(request: HttpRequest, route: Route) -> HttpResponse:
     provider = route.provider
+    # First, before even the size checks: a request without the token gets 401 in its provider's
+    # shape (the SDKs raise AuthenticationError) and no row, whatever else is wrong with it, so
+    # whoever can reach the port cannot write into the ledger (proxy/auth.py).
+    if settings.REQUIRE_TOKEN and (message := auth.refusal(request)):
+        return provider.error(401, message)
     rec = Record(
         trace_id=new_trace_id(),
         provider=provider.name,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hmac
 import math
+import os
 import time
 from pathlib import Path
 
@@ -50,10 +51,36 @@ def rotate() -> str:
     return new
 
 
+_read: tuple[tuple[str, int, int, int], str] = ("", 0, 0, 0), ""
+
+
+def current_token() -> str:
+    """The token as its file holds it now; "" when none has been made. Never makes one.
+
+    Read on every call that needs it (the proxy's X-TokenPak-Token check, sign-ins), with one
+    stat: the text is re-read only when the file changed, and `token --rotate` renames a new
+    file over the old, so a rotation counts from the next request, in every process."""
+    global _read
+    path = token_path()
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return ""
+    key = (str(path), st.st_ino, st.st_mtime_ns, st.st_size)
+    if _read[0] != key:
+        try:
+            _read = key, path.read_text().strip()
+        except FileNotFoundError:
+            return ""
+    return _read[1]
+
+
 def token_matches(given: str) -> bool:
-    if not given or not token_path().exists():
+    """given is the token, compared in constant time; never true while no token exists."""
+    value = current_token()
+    if not given or not value:
         return False
-    return hmac.compare_digest(given.encode(), token().encode())
+    return hmac.compare_digest(given.encode("utf-8", "replace"), value.encode())
 
 
 def bearer(request: HttpRequest) -> str:
@@ -120,5 +147,5 @@ def local_user() -> AbstractBaseUser:
 
 def sign_in_url(value: str) -> str:
     """The link that signs a browser in: what `make run` and `token --url` print."""
-    base = f"http://{settings.RUNSERVER_ADDR}:{settings.TOKENPAK_PORT}"
+    base = f"http://{settings.URL_HOST}:{settings.TOKENPAK_PORT}"
     return f"{base}/dashboard/login/?token={value}"

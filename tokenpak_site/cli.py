@@ -38,11 +38,15 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _serve_environment(args: list[str]) -> None:
-    """`serve --port/--db` are settings: put them in the environment before settings load."""
+    """`serve --host/--port/--db` are settings: put them in the environment before settings
+    load."""
     parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--host")
     parser.add_argument("--port")
     parser.add_argument("--db")
     known, _ = parser.parse_known_args(args[1:])
+    if known.host is not None:
+        os.environ["TOKENPAK_HOST"] = known.host
     if known.port is not None:
         os.environ["TOKENPAK_PORT"] = known.port
     if known.db is not None:

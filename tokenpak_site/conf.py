@@ -6,6 +6,7 @@ Every setting has an environment name and a dotted key in config.yaml (e.g. TOKE
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import secrets
@@ -27,7 +28,7 @@ class Key:
     env: str
     path: str  # dotted key inside config.yaml
     help: str
-    kind: str = "str"  # str | int | float | bool | choice | url | dburl
+    kind: str = "str"  # str | int | float | bool | choice | url | dburl | zone | host | hosts
     default: Any = ""
     lo: float = 0
     hi: float = 0
@@ -49,6 +50,15 @@ KEYS: dict[str, Key] = {
             kind="float", default=20.0, lo=0.1, hi=600.0),
         Key("TOKENPAK_PORT", "server.port", "port for runserver / make run",
             kind="int", default=8766, lo=1, hi=65535),
+        Key("TOKENPAK_HOST", "server.host",
+            "address serve / make run / runserver listen on; beyond loopback needs "
+            "server.require_token", kind="host", default="127.0.0.1"),
+        Key("TOKENPAK_REQUIRE_TOKEN", "server.require_token",
+            "every proxy request must send the local token as X-TokenPak-Token",
+            kind="bool", default=False),
+        Key("TOKENPAK_ALLOWED_HOSTS", "server.allowed_hosts",
+            "Host names this server answers to besides the loopback ones (comma-separated)",
+            kind="hosts", default=()),
         Key("TOKENPAK_OPENAI_BASE_URL", "providers.openai.base_url", "OpenAI upstream",
             kind="url", default="https://api.openai.com"),
         Key("TOKENPAK_ANTHROPIC_BASE_URL", "providers.anthropic.base_url", "Anthropic upstream",
@@ -144,9 +154,10 @@ def load_file(path: Path) -> dict[str, Any]:
     for key, value in flat.items():
         name = by_env.get(key, key)
         # Checked after mapping env-style names: every TOKENPAK_* name contains "token". Agent
-        # names under budget.agents are the user's labels, not setting names.
+        # names under budget.agents are the user's labels, not setting names; a known setting
+        # (server.require_token) holds no credential.
         checked = _AGENT_NAME.sub("budget.agents.*", name)
-        if any(word in checked.lower() for word in _SECRET_WORDS):
+        if name not in KEYS and any(word in checked.lower() for word in _SECRET_WORDS):
             raise ConfigError(
                 f"{path}: '{key}' looks like a credential; config.yaml never holds API keys "
                 "(clients send their own keys, fallbacks name an environment variable)"
@@ -188,7 +199,27 @@ class Config:
             return self.url(path, value, schemes=("postgres", "postgresql"))
         if key.kind == "zone":
             return self.zone(path, value)
+        if key.kind == "host":
+            return self.host(path, value)
+        if key.kind == "hosts":
+            return self.hosts(path, value)
         return self.str(path, value)
+
+    def host(self, path: str, default: str) -> str:
+        raw = self._raw(path)
+        if raw is None:
+            return default
+        value, source = raw
+        return check_host(str(value), source)
+
+    def hosts(self, path: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        raw = self._raw(path)
+        if raw is None:
+            return default
+        value, source = raw
+        # config.yaml may give a YAML list
+        items = [str(v) for v in value] if isinstance(value, list) else str(value).split(",")
+        return tuple(check_host_name(item.strip(), source) for item in items if item.strip())
 
     def zone(self, path: str, default: str) -> str:
         raw = self._raw(path)
@@ -336,6 +367,80 @@ def check_url(text: str, source: str, schemes: tuple[str, ...] = ("http", "https
     return text.rstrip("/")
 
 
+LOOPBACK_NAMES = ("localhost",)
+
+
+def check_host(text: str, source: str) -> str:
+    """An address to listen on: an IP address (brackets around IPv6 allowed) or localhost.
+
+    A name other than localhost is refused: it can resolve to several addresses, and whether
+    listening there reaches beyond this machine is then a guess."""
+    text = text.strip()
+    if text.lower() in LOOPBACK_NAMES:
+        return text.lower()
+    bare = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    try:
+        return str(ipaddress.ip_address(bare))
+    except ValueError:
+        raise ConfigError(
+            f"{source}: expected an IP address to listen on (127.0.0.1, ::1, 0.0.0.0, ::, a LAN "
+            f"address) or localhost, got {text!r}") from None
+
+
+def is_loopback(host: str) -> bool:
+    """True when only this machine can connect to host (as check_host returns it)."""
+    if host in LOOPBACK_NAMES:
+        return True
+    return ipaddress.ip_address(host).is_loopback
+
+
+_HOST_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+
+
+def check_host_name(text: str, source: str) -> str:
+    """One Host name for ALLOWED_HOSTS: a DNS name, an IP address, or .domain (the domain and
+    its subdomains, as Django reads it). '*' and ports are refused: the first would turn off
+    the Host check that keeps browser pages out (DNS rebinding), the second never matches."""
+    name = text.strip().lower()
+    bare = name[1:-1] if name.startswith("[") and name.endswith("]") else name
+    try:
+        ip = ipaddress.ip_address(bare)
+    except ValueError:
+        pass
+    else:
+        return f"[{ip}]" if ip.version == 6 else str(ip)
+    labels = name.removeprefix(".").removesuffix(".").split(".")
+    if name and name != "*" and all(_HOST_LABEL.fullmatch(label) for label in labels):
+        return name
+    why = ("'*' would answer any Host and let web pages reach the proxy (DNS rebinding)"
+           if "*" in name else "a port is not part of a Host name here" if ":" in name
+           else "expected a host name like box.lan, an IP address or .example.lan")
+    raise ConfigError(f"{source}: {text!r} is not a host name to answer to: {why}")
+
+
+def client_host(host: str) -> str:
+    """Where clients on this machine reach a server listening on host, for URLs."""
+    if host == "localhost":
+        return "127.0.0.1"
+    ip = ipaddress.ip_address(host)
+    if ip.is_unspecified:
+        return "127.0.0.1" if ip.version == 4 else "[::1]"
+    return f"[{ip}]" if ip.version == 6 else str(ip)
+
+
+def listen_refusal(host: str, require_token: bool) -> str:
+    """Why serving on host is refused ('' when it is not): beyond loopback, only with the
+    token required."""
+    if require_token or is_loopback(host):
+        return ""
+    return (
+        f"Refusing to listen on {host} without authentication: anyone who can reach this "
+        "machine could use the proxy (with your fallback keys, against your budgets, into "
+        "your ledger). Set TOKENPAK_REQUIRE_TOKEN=1 (or server.require_token: true in "
+        "config.yaml), run `tokenpak token` (or `python manage.py token`) to make the token, "
+        "and have clients send it as the X-TokenPak-Token header.")
+
+
 def database_from_url(url: str) -> dict[str, Any]:
     """DATABASE_URL → Django DATABASES entry. Only PostgreSQL: SQLite is TOKENPAK_DB's job."""
     parts = urlsplit(url)
@@ -398,6 +503,8 @@ def set_in_file(path: Path, key: str, text: str) -> Any:
         value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError:
         value = text
+    if KEYS[key].kind in ("host", "hosts"):
+        value = text.strip()  # '::' and 'a, b' are addresses, not YAML
     if isinstance(value, (dict, list)):
         raise ConfigError(f"{key}: expected a single value, got {text!r}")
     checked = Config({}, {key: value}).get(key)

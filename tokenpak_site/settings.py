@@ -25,6 +25,12 @@ try:
     if TELEMETRY_ENABLED:
         conf.ensure_home(TOKENPAK_HOME)
     TOKENPAK_PORT = _cfg.get("server.port")
+    # Where serve and runserver listen; beyond loopback they refuse unless REQUIRE_TOKEN.
+    TOKENPAK_HOST = _cfg.get("server.host")
+    # Every proxy request must then send the local token (telemetry/access.py) in
+    # X-TokenPak-Token (proxy/auth.py).
+    REQUIRE_TOKEN = _cfg.get("server.require_token")
+    _extra_hosts = _cfg.get("server.allowed_hosts")
     OPENAI_BASE_URL = _cfg.get("providers.openai.base_url")
     ANTHROPIC_BASE_URL = _cfg.get("providers.anthropic.base_url")
     _file = conf.load_yaml(TOKENPAK_HOME / "config.yaml")
@@ -90,7 +96,13 @@ DATABASES = {"default": _default_db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 DEBUG = False
+# The Host check stays on whatever the address: a web page whose name an attacker points at
+# this machine (DNS rebinding) sends its own Host and gets 400. Listening on one specific
+# address answers to that address too; other names clients use go in server.allowed_hosts.
 ALLOWED_HOSTS = ["127.0.0.1", "localhost", "[::1]", "::1"]
+if not conf.is_loopback(TOKENPAK_HOST) and TOKENPAK_HOST not in ("0.0.0.0", "::"):
+    ALLOWED_HOSTS.append(conf.client_host(TOKENPAK_HOST))
+ALLOWED_HOSTS += [h for h in _extra_hosts if h not in ALLOWED_HOSTS]
 
 INSTALLED_APPS = [
     "daphne",  # first, so `manage.py runserver` is the ASGI server
@@ -152,8 +164,8 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = TOKENPAK_HOME / "static"
 
-# runserver takes its default port from here (see proxy/management/commands/runserver.py).
-RUNSERVER_ADDR = "127.0.0.1"
+# Where clients on this machine reach the server: the printed endpoints and sign-in link.
+URL_HOST = conf.client_host(TOKENPAK_HOST)
 
 # Ledger writer: rows are batched off the request path.
 LEDGER_BATCH_SIZE = 500

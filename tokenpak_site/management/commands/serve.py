@@ -15,11 +15,17 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from tokenpak_site import conf
+
 
 class Command(BaseCommand):
-    help = "Migrate and serve the proxy on 127.0.0.1 (uvicorn; --workers N processes)."
+    help = ("Migrate and serve the proxy on 127.0.0.1, or --host (uvicorn; --workers N "
+            "processes).")
 
     def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--host", help="address to listen on (default: TOKENPAK_HOST, "
+                                           "127.0.0.1); beyond loopback needs "
+                                           "TOKENPAK_REQUIRE_TOKEN=1")
         parser.add_argument("--port", type=int, help="default: TOKENPAK_PORT (8766)")
         parser.add_argument("--db", metavar="PATH", help="SQLite ledger; /dev/null: telemetry off")
         parser.add_argument("--workers", type=int, default=1,
@@ -30,6 +36,8 @@ class Command(BaseCommand):
         if not 1 <= workers <= 64:
             raise CommandError(f"--workers must be between 1 and 64, not {workers}")
         env = {}
+        if options["host"] is not None and options["host"] != settings.TOKENPAK_HOST:
+            env["TOKENPAK_HOST"] = options["host"]
         if options["port"] is not None and options["port"] != settings.TOKENPAK_PORT:
             env["TOKENPAK_PORT"] = str(options["port"])
         if options["db"] is not None and options["db"] != settings.TOKENPAK_DB_LABEL:
@@ -42,13 +50,15 @@ class Command(BaseCommand):
             os.execve(sys.executable,
                       [sys.executable, "-m", "tokenpak_site.cli", "serve", "--workers",
                        str(workers)], {**os.environ, **env})
+        if refused := conf.listen_refusal(settings.TOKENPAK_HOST, settings.REQUIRE_TOKEN):
+            raise CommandError(refused)
         call_command("migrate", verbosity=0)
         call_command("endpoints")
         self.stdout.write(f"Serving with uvicorn, {workers} worker(s). Quit with CONTROL-C.")
         sys.stdout.flush()
         import uvicorn
 
-        uvicorn.run("tokenpak_site.asgi:application", host=settings.RUNSERVER_ADDR,
+        uvicorn.run("tokenpak_site.asgi:application", host=settings.TOKENPAK_HOST,
                     port=settings.TOKENPAK_PORT, workers=workers, **UVICORN)
 
 
