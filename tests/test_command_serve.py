@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -100,3 +102,96 @@ def test_it_refuses_a_worker_count_it_cannot_run(tmp_path, fake):
     assert proc.returncode != 0
     assert output.strip().splitlines()[-1] == (
         "CommandError: --workers must be between 1 and 64, not 0")
+
+
+REFUSAL = ("CommandError: Refusing to listen on {host} without authentication: anyone who can "
+           "reach this machine could use the proxy")
+
+
+def listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize(("args", "extra", "host"), [
+    (["--host", "0.0.0.0"], {}, "0.0.0.0"),
+    (["--host", "::", "--port", "0"], {}, "::"),  # --port restarts the command: checked after too
+    ([], {"TOKENPAK_HOST": "192.0.2.10"}, "192.0.2.10"),
+    (["--host", "0.0.0.0"], {"TOKENPAK_REQUIRE_TOKEN": "0"}, "0.0.0.0"),
+])
+def test_it_refuses_to_listen_beyond_loopback_without_the_token(tmp_path, fake, args, extra,
+                                                                  host):
+    if "--port" in args:
+        args[args.index("--port") + 1] = str(free_port())
+    proc, url = serve(tmp_path, fake, *args, **extra)
+    output = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode == 1, output
+    lines = output.strip().splitlines()
+    assert len(lines) == 1, output  # one line: no migration, no endpoints, no traceback
+    assert lines[0].startswith(REFUSAL.format(host=host)), output
+    assert "TOKENPAK_REQUIRE_TOKEN=1" in lines[0] and "X-TokenPak-Token" in lines[0]
+    assert "tokenpak token" in lines[0]
+    assert not listening(int(url.rsplit(":", 1)[1]))
+
+
+def test_it_refuses_a_listening_address_set_in_config_yaml_too(tmp_path, fake):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.yaml").write_text("server:\n  host: 0.0.0.0\n")
+    proc, _ = serve(tmp_path, fake)
+    output = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode == 1 and output.startswith(REFUSAL.format(host="0.0.0.0")), output
+
+
+def this_machines_address() -> str:
+    """An address of this machine beyond loopback, if it has one (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))
+            return s.getsockname()[0]
+        except OSError:
+            return ""
+
+
+def test_it_listens_beyond_loopback_with_the_token_required(transactional_db, tmp_path, fake):
+    from tests.test_proxy_auth import make_token
+
+    token = make_token(tmp_path / "home")
+    proc, url = serve(tmp_path, fake, "--host", "0.0.0.0", TOKENPAK_REQUIRE_TOKEN="1",
+                      TOKENPAK_ALLOWED_HOSTS="tokenpak.lan, .example.lan")
+    port = int(url.rsplit(":", 1)[1])
+    headers = {"X-TokenPak-Token": token, "authorization": "Bearer sk-serve-0000"}
+    try:
+        wait_for(lambda: listening(port), timeout=60)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="sk-serve-0000", max_retries=0,
+                               default_headers={"X-TokenPak-Token": token})
+        reply = client.chat.completions.create(model="gpt-4o-mini",
+                                               messages=[{"role": "user", "content": "hi"}])
+        assert reply.choices[0].message.content
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=url + "/v1", api_key="sk-serve-0000",
+                          max_retries=0).models.list()
+        # The Host check stays on: a name not allowed gets 400 even with the token …
+        r = httpx.get(url + "/v1/models", headers={**headers, "host": "attacker.example"})
+        assert r.status_code == 400
+        # … and the names in TOKENPAK_ALLOWED_HOSTS are served (.example.lan: and subdomains).
+        for name in ("tokenpak.lan", f"tokenpak.lan:{port}", "box.example.lan"):
+            r = httpx.get(url + "/v1/models", headers={**headers, "host": name})
+            assert r.status_code == 200, (name, r.text)
+        # It really listens beyond loopback: this machine's own network address answers.
+        if (address := this_machines_address()) and not address.startswith("127."):
+            r = httpx.get(f"http://{address}:{port}/v1/models",
+                          headers={**headers, "host": "tokenpak.lan"})
+            assert r.status_code == 200
+            r = httpx.get(f"http://{address}:{port}/v1/models", headers=headers)
+            assert r.status_code == 400  # its address is not a name it was told to answer to
+    finally:
+        proc.send_signal(signal.SIGINT)
+        output = proc.communicate(timeout=30)[0].decode()
+    assert proc.returncode == 0, output
+    assert "Listening on:   0.0.0.0" in output and "tokenpak.lan" in output
+    assert "Token:          every proxy request sends X-TokenPak-Token" in output
+    assert "Traceback" not in output
