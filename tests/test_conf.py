@@ -176,6 +176,70 @@ def test_it_prefers_the_environment_over_config_yaml() -> None:
         cfg({"TOKENPAK_PORT": "x"}, server__port=9999).int("server.port", 1, 1, 65535)
 
 
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("127.0.0.1", "127.0.0.1"), (" 0.0.0.0 ", "0.0.0.0"), ("::", "::"), ("[::1]", "::1"),
+    ("192.168.1.20", "192.168.1.20"), ("LocalHost", "localhost"), ("fe80:0::1", "fe80::1")])
+def test_it_reads_the_listening_address(raw: str, expected: str) -> None:
+    assert cfg({"TOKENPAK_HOST": raw}).get("server.host") == expected
+    assert cfg().get("server.host") == "127.0.0.1"
+
+
+@pytest.mark.parametrize("bad", ["myhost.lan", "0.0.0.0:8766", "256.1.1.1", "*", "127.0.0.1,::1",
+                                 "http://0.0.0.0", "[::1"])
+def test_it_refuses_a_listening_address_that_is_not_one(bad: str) -> None:
+    with pytest.raises(ConfigError, match=r"^environment variable TOKENPAK_HOST: expected an IP "
+                       r"address to listen on .* or localhost, got "):
+        cfg({"TOKENPAK_HOST": bad}).get("server.host")
+    with pytest.raises(ConfigError, match=r"^config\.yaml key server\.host: expected an IP"):
+        cfg(server__host=bad).get("server.host")
+
+
+@pytest.mark.parametrize("bad", ["maybe", "2", "enabled"])
+def test_it_refuses_a_require_token_that_is_not_a_boolean(bad: str) -> None:
+    assert cfg().get("server.require_token") is False
+    assert cfg({"TOKENPAK_REQUIRE_TOKEN": "1"}).get("server.require_token") is True
+    with pytest.raises(ConfigError, match="environment variable TOKENPAK_REQUIRE_TOKEN: expected "
+                       "1/0, true/false"):
+        cfg({"TOKENPAK_REQUIRE_TOKEN": bad}).get("server.require_token")
+    with pytest.raises(ConfigError, match=r"config\.yaml key server\.require_token: expected"):
+        cfg(server__require_token=bad).get("server.require_token")
+
+
+def test_it_reads_the_extra_host_names() -> None:
+    assert cfg().get("server.allowed_hosts") == ()
+    assert cfg({"TOKENPAK_ALLOWED_HOSTS": " Box.LAN, .example.lan,,10.0.0.5, fe80::1 ,[::2]"}).get(
+        "server.allowed_hosts") == ("box.lan", ".example.lan", "10.0.0.5", "[fe80::1]", "[::2]")
+    # config.yaml may give a list
+    assert cfg(server__allowed_hosts=["a.lan", "b"]).get("server.allowed_hosts") == ("a.lan", "b")
+
+
+@pytest.mark.parametrize(("bad", "why"), [
+    ("*", "would answer any Host"), ("box.lan,*", "would answer any Host"),
+    ("*.example.lan", "would answer any Host"), ("box.lan:8766", "a port is not part"),
+    ("http://box.lan", "a port is not part"), ("box lan", "expected a host name"),
+    ("-box.lan", "expected a host name"), ("box..lan", "expected a host name"),
+    ("box_lan", "expected a host name"), ("x" * 64 + ".lan", "expected a host name")])
+def test_it_refuses_extra_host_names_that_are_not_host_names(bad: str, why: str) -> None:
+    with pytest.raises(ConfigError, match=f"^environment variable TOKENPAK_ALLOWED_HOSTS: .* is "
+                       f"not a host name to answer to: .*{why}"):
+        cfg({"TOKENPAK_ALLOWED_HOSTS": bad}).get("server.allowed_hosts")
+    with pytest.raises(ConfigError, match=r"^config\.yaml key server\.allowed_hosts: "):
+        cfg(server__allowed_hosts=bad.split(",")).get("server.allowed_hosts")
+
+
+@pytest.mark.parametrize(("host", "token", "refused"), [
+    ("127.0.0.1", False, False), ("127.0.0.2", False, False), ("::1", False, False),
+    ("localhost", False, False), ("0.0.0.0", False, True), ("::", False, True),
+    ("192.168.1.20", False, True), ("0.0.0.0", True, False), ("::", True, False)])
+def test_it_refuses_to_listen_beyond_loopback_only_without_the_token(
+    host: str, token: bool, refused: bool
+) -> None:
+    message = conf.listen_refusal(host, token)
+    assert bool(message) is refused
+    if refused:
+        assert message.startswith(f"Refusing to listen on {host} without authentication")
+
+
 # --- config.yaml ---------------------------------------------------------------------------
 
 
@@ -371,7 +435,8 @@ def assert_config_error(proc: subprocess.CompletedProcess[str], *names: str) -> 
     ("name", "value"),
     [("TOKENPAK_PORT", "abc"), ("TOKENPAK_OPENAI_BASE_URL", "ftp://x"),
      ("TOKENPAK_LOG_DESTINATION", "nowhere"), ("TOKENPAK_READ_TIMEOUT", "-1"),
-     ("DATABASE_URL", "mysql://u@h/x")],
+     ("DATABASE_URL", "mysql://u@h/x"), ("TOKENPAK_HOST", "my.box"),
+     ("TOKENPAK_REQUIRE_TOKEN", "maybe"), ("TOKENPAK_ALLOWED_HOSTS", "*")],
 )
 def test_it_stops_manage_py_with_one_line_naming_a_bad_variable(
     tmp_path: Path, name: str, value: str
@@ -408,6 +473,31 @@ def test_it_stops_manage_py_on_invalid_yaml(tmp_path: Path) -> None:
 def test_it_passes_manage_py_check_with_good_settings(tmp_path: Path) -> None:
     proc = run(["manage.py", "check"], tmp_path / "home")
     assert proc.returncode == 0, proc.stderr
+
+
+def test_it_takes_server_require_token_in_config_yaml_though_its_name_says_token(
+    tmp_path: Path,
+) -> None:
+    # Names with "token" in them are refused as credentials, but not TokenPak's own settings.
+    home = tmp_path / "home"
+    home.mkdir()
+    write_yaml(home, "server:\n  require_token: true\n  host: 0.0.0.0\n"
+               "  allowed_hosts: [box.lan, 192.168.1.20]\nTOKENPAK_REQUIRE_TOKEN: true\n")
+    proc = run(["-c", "import django; django.setup(); from django.conf import settings as s; "
+                "print(s.REQUIRE_TOKEN, s.TOKENPAK_HOST, s.ALLOWED_HOSTS[4:], s.URL_HOST)"], home)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "True 0.0.0.0 ['box.lan', '192.168.1.20'] 127.0.0.1"
+    write_yaml(home, "server:\n  api_token: abc\n")
+    assert_config_error(run(["manage.py", "check"], home), "looks like a credential")
+
+
+def test_it_answers_to_a_specific_listening_address_as_a_host(tmp_path: Path) -> None:
+    proc = run(["-c", "import django; django.setup(); from django.conf import settings as s; "
+                "print(s.ALLOWED_HOSTS, s.URL_HOST)"], tmp_path / "home",
+               TOKENPAK_HOST="fe80::1", TOKENPAK_ALLOWED_HOSTS="box.lan")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == (
+        "['127.0.0.1', 'localhost', '[::1]', '::1', '[fe80::1]', 'box.lan'] [fe80::1]")
 
 
 PRINT_SETTINGS = (
