@@ -85,7 +85,8 @@ def test_it_takes_an_absolute_request_target_as_a_path_on_this_server(server, fa
 def test_it_never_forwards_its_own_headers(server, fake, rows):
     httpx.post(server.url + "/v1/chat/completions", json=CHAT, headers={
         "authorization": f"Bearer {KEY}", "x-tokenpak-agent": "coder",
-        "x-tokenpak-session": "s1", "x-tokenpak-compress": "off"})
+        "x-tokenpak-session": "s1", "x-tokenpak-compress": "off",
+        "x-tokenpak-token": "tp-not-for-the-provider"})
     rows(1)
     assert not [h for h in fake.log[-1].headers if h.startswith("x-tokenpak")]
 
