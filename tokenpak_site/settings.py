@@ -112,7 +112,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
-    "tokenpak_site",  # site-wide commands: config, serve
+    "tokenpak_site",  # site-wide commands: config, serve, runserver (see its apps.py)
     "proxy",
     "telemetry",
     "budgets",
