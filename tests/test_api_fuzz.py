@@ -1,0 +1,225 @@
+"""The telemetry REST API fuzzed from its own OpenAPI schema (schemathesis): requests generated
+from /api/openapi.json as the running server publishes it go over real HTTP to the production
+server (uvicorn), on a ledger of a few hundred rows made by real proxy traffic. Every answer
+must be a documented status with a body that matches its schema: never a 500.
+
+Hypothesis drives schemathesis's strategies directly, one `@given` per operation and mode,
+derandomized: a run sends the same requests every time. (schemathesis's pytest plugin is not
+used.) The values that broke the API before are sent explicitly in every parameter too."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis import checks as st
+from schemathesis.generation import GenerationMode
+
+from tests.conftest import TRAFFIC, send
+from tests.test_command_cost import age
+
+EXAMPLES = 40
+MODES = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
+OPERATIONS = ["GET /v1/telemetry/summary", "GET /v1/telemetry/sessions",
+              "GET /v1/telemetry/export", "GET /v1/telemetry/traces/{trace_id}"]
+
+SETTINGS = settings(
+    max_examples=EXAMPLES,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
+                           HealthCheck.data_too_large],
+)
+
+# Values sent in every parameter, one parameter at a time: empty, NUL bytes (PostgreSQL refuses
+# them in text), long and non-ASCII text, numbers past a decimal's or a float's range, nan and
+# inf, and the calendar's first and last days.
+EDGES = ["", "\x00", "a\x00b", "x" * 4000, "日本語 🙂 \u202e", "9" * 400, "-1",
+         "1e999999999", "nan", "-inf", "9999-12-31", "0001-01-01"]
+# And more where a parameter parses its text.
+EDGES_BY_NAME = {
+    "since": ["9999-12-31T23:59:59.999999-14:00", "0001-01-01T00:00:00+14:00", "10000-01-01",
+              "2026-02-30", "2026-01-01T24:00", "2026-01-01\x00"],
+    "until": ["9999-12-30", "9999-12-31T23:59:59", "0001-01-01T00:00:00+14:00", "2026-02-30"],
+    "min_cost": ["$1e400", "1e-999999999", "0.0000000001", "sNaN", "Infinity", "-0",
+                 "9223372036.854775807", "9223372036.854775808"],
+    "cursor": ["nan_0", "inf_0", "-inf_x", "1e999_x", "1e308_ff", f"{'9' * 400}_x", "0_", "_",
+               "1.5_\x00", "1.5_" + "f" * 4000],
+    "limit": ["0", "1001", "1e3", "1.0", "-0"],
+    "compressed_only": ["yes", "2", "TRUE"],
+    "trace_id": ["a/b", "%00", "..", " "],
+}
+COMBINATIONS = [
+    {"since": "0001-01-01", "until": "9999-12-30"},
+    {"since": "9999-12-30", "until": "9999-12-30"},
+    {"since": "0001-01-01T00:00:00+14:00", "until": "0001-01-02"},
+    {"since": "2000-01-01", "min_cost": "0", "compressed_only": "true", "status": "ok"},
+]
+
+AGENTS = ["coder", "reviewer", "", "ops", "night batch"]
+
+
+def once_per_operation(check: Callable[..., Any]) -> Callable[..., Any]:
+    """A check that sends requests of its own, run on one successful answer per operation."""
+    done: set[str] = set()
+
+    def checked(ctx: Any, response: Any, case: Any) -> Any:
+        if case.operation.label in done:
+            return None
+        result = check(ctx, response, case)
+        if 200 <= response.status_code < 300:
+            done.add(case.operation.label)
+        return result
+
+    checked.__name__ = check.__name__
+    return checked
+
+
+def checks() -> list[Callable[..., Any]]:
+    """Every schemathesis check that can judge an answer of a read-only API. ignored_auth sends
+    the request again without the token and with a wrong one; both must be refused. Left out:
+    positive_data_acceptance (a schema-valid request may still be refused: `since` is any
+    string, only a date parses, and `period` with `since` is refused) and the stateful checks
+    (use_after_free, ensure_resource_availability, object_level_authorization: nothing here
+    creates or deletes anything)."""
+    return [
+        st.not_a_server_error,
+        st.status_code_conformance,
+        st.content_type_conformance,
+        st.response_headers_conformance,
+        st.response_schema_conformance,
+        st.negative_data_rejection,
+        st.missing_required_header,
+        st.unsupported_method,
+        once_per_operation(st.ignored_auth),
+    ]
+
+
+@pytest.fixture
+def ledger(server, rows) -> list:
+    """A few hundred rows made by real proxy traffic (both providers, streams, agents, sessions,
+    provider errors), then spread over the last 400 days."""
+    jobs: list[tuple[Any, ...]] = []
+    for i in range(40):
+        for provider, model, agent, stream, usage in TRAFFIC:
+            jobs.append((provider, model, AGENTS[i % len(AGENTS)] or agent, stream, usage,
+                         "status=429" if i % 13 == 0 else "", f"s-{i % 7}" if i % 2 else ""))
+
+    def sender(part: list[tuple[Any, ...]]) -> list[int]:
+        with httpx.Client() as client:
+            return [send(server.url, *job[:6], session=job[6], client=client) for job in part]
+
+    with ThreadPoolExecutor(4) as pool:
+        codes = [c for part in pool.map(sender, [jobs[i::4] for i in range(4)]) for c in part]
+    assert set(codes) == {200, 429}
+    events = rows(len(jobs), timeout=60)
+    for i, e in enumerate(events):
+        if i % 3:
+            age([e.trace_id], days=(i * 1.37) % 400)
+    return events
+
+
+@pytest.fixture
+def operations(server) -> list:
+    """The API's operations, from the schema the running server publishes."""
+    raw = httpx.get(server.url + "/api/openapi.json").json()
+    found = [result.ok() for result in schemathesis.openapi.from_dict(raw).get_all_operations()]
+    assert [op.label for op in found] == OPERATIONS
+    return found
+
+
+@pytest.fixture
+def http() -> Iterator[requests.Session]:
+    with requests.Session() as session:
+        yield session
+
+
+def fuzz(operations: list, run: Callable[[Any], None], headers: dict | None = None
+         ) -> tuple[int, list[str]]:
+    """run() on EXAMPLES generated cases of each operation in each mode. Fixed headers are sent
+    as given, never generated or mutated. Returns how many cases ran and the failures, every
+    operation's, not only the first one's."""
+    failures: list[str] = []
+    unsatisfiable: list[str] = []
+    ran = 0
+    for op in operations:
+        for mode in MODES:
+
+            @SETTINGS
+            @given(op.as_strategy(generation_mode=mode, headers=dict(headers or {})))
+            def each(case: Any) -> None:
+                nonlocal ran
+                ran += 1
+                run(case)
+
+            try:
+                each()
+            except Unsatisfiable:
+                unsatisfiable.append(f"{op.label} ({mode.value})")
+            except (Exception, BaseExceptionGroup) as exc:  # reported together below
+                failures.append(f"== {op.label} ({mode.value}):\n{exc}")
+    # A trace id is any string, and a path or a query string carries only strings: with the
+    # token fixed, nothing in GET /traces/{trace_id} can be made invalid on the wire.
+    assert unsatisfiable == ([f"{OPERATIONS[3]} (negative)"] if headers else [])
+    return ran, failures
+
+
+def edge_cases(op: Any, trace_id: str) -> list[Any]:
+    cases = []
+    names = [p.name for p in op.iter_parameters()]
+    path = {"trace_id": trace_id} if "trace_id" in names else None
+    for name in names:
+        for value in EDGES + EDGES_BY_NAME.get(name, []):
+            if name == "trace_id":
+                cases.append(op.Case(path_parameters={"trace_id": value}))
+            else:
+                cases.append(op.Case(query={name: value}, path_parameters=path))
+    if "since" in names:
+        cases += [op.Case(query=query) for query in COMBINATIONS]
+    return cases
+
+
+def test_it_answers_fuzzed_requests_with_the_token_without_a_server_error(
+        ledger, server, token, operations, http):
+    bearer = {"Authorization": f"Bearer {token}"}
+    checked = checks()
+
+    def run(case: Any) -> None:
+        response = case.call_and_validate(
+            base_url=server.url, session=http, headers=dict(bearer), checks=checked)
+        if response.status_code == 400:
+            detail = response.json()["detail"]
+            assert detail and "\n" not in detail, detail
+
+    ran, failures = fuzz(operations, run, headers=bearer)
+    assert ran >= len(MODES) * EXAMPLES * (len(OPERATIONS) - 1)
+    edges = [case for op in operations for case in edge_cases(op, ledger[0].trace_id)]
+    for case in edges:
+        try:
+            run(case)
+        except (Exception, BaseExceptionGroup) as exc:  # reported together below
+            failures.append(f"== {case.operation.label} {case!r}:\n{exc}")
+    assert not failures, f"{len(failures)} failed:\n\n" + "\n\n".join(failures)
+    assert "Traceback" not in server.output()
+
+
+def test_it_answers_every_fuzzed_request_without_the_token_with_401(server, operations, http):
+    checked = [c for c in checks() if c.__name__ != "ignored_auth"]
+
+    def run(case: Any) -> None:
+        response = case.call(base_url=server.url, session=http)
+        case.validate_response(response, checks=checked)
+        assert response.status_code == 401, (case, response.status_code, response.text)
+        assert response.json() == {"detail": "Unauthorized"}
+
+    ran, failures = fuzz(operations, run)
+    assert ran >= len(MODES) * EXAMPLES * len(OPERATIONS)
+    assert not failures, "\n\n".join(failures)
