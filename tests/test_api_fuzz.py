@@ -9,6 +9,7 @@ used.) The values that broke the API before are sent explicitly in every paramet
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -18,13 +19,16 @@ import httpx
 import pytest
 import requests
 import schemathesis
+from django.core.management import call_command
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import checks as st
 from schemathesis.generation import GenerationMode
 
-from telemetry.models import Cost, Event, Usage
+from telemetry import listing
+from telemetry.models import Capture, Cost, Event, Usage
 from tests.conftest import TRAFFIC, send
+from tests.test_command_debug import chat
 
 EXAMPLES = 40
 MODES = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
@@ -107,9 +111,12 @@ def checks() -> list[Callable[..., Any]]:
 
 @pytest.fixture
 def ledger(server, rows) -> list:
-    """325 rows: 65 made by real proxy traffic today (both providers, streams, agents,
-    sessions, provider errors), and four copies of each, with their usage and cost, spread over
-    the last 400 days (copied, not sent: 260 more requests would cost the fuzzing's time)."""
+    """330 rows: 66 made by real proxy traffic today (both providers, streams, agents,
+    sessions, provider errors, a compressed chat that `debug on` captured), and four copies of
+    each, with their usage and cost, spread over the last 400 days (copied, not sent: 264 more
+    requests would cost the fuzzing's time)."""
+    call_command("debug", "on", "--requests", "1", stdout=io.StringIO())
+    chat(server, **{"x-tokenpak-session": "s-1"})
     jobs: list[tuple[Any, ...]] = []
     for i in range(10):
         for provider, model, agent, stream, usage in TRAFFIC:
@@ -124,7 +131,8 @@ def ledger(server, rows) -> list:
     with ThreadPoolExecutor(4) as pool:
         codes = [c for part in pool.map(sender, [jobs[i::4] for i in range(4)]) for c in part]
     assert sorted(set(codes)) == [200, 429]
-    events = rows(len(jobs))
+    events = rows(1 + len(jobs))
+    assert events[0].tokens_saved > 0 and Capture.objects.filter(pk=events[0].pk).exists()
     copies: dict[type, list] = {Event: [], Usage: [], Cost: []}
     for k in range(1, 5):
         for i, e in enumerate(events):
@@ -190,17 +198,22 @@ def fuzz(operations: list, run: Callable[[Any], None], headers: dict | None = No
     return ran, failures
 
 
-def edge_cases(op: Any, trace_id: str) -> list[Any]:
-    cases = []
-    # The query and path parameters (the token's header and the session cookie are there too).
+def edge_cases(op: Any, ledger: list) -> list[Any]:
+    """EDGES in each query and path parameter of op, the rest of EDGES_BY_NAME where it applies,
+    COMBINATIONS, and real values a generator cannot guess: trace ids and a cursor from the
+    ledger (so that a trace found, with its capture and segments, meets the schema too)."""
+    oldest = Event.objects.order_by("ts").first()  # a copy
+    real = {"trace_id": [e.trace_id for e in ledger[:8]] + [oldest.trace_id],
+            "cursor": [listing.cursor_of(ledger[-1])]}
+    # Not the token's header and the session cookie, which are parameters here too.
     names = [p.name for p in op.iter_parameters() if p.location.value in ("query", "path")]
-    path = {"trace_id": trace_id} if "trace_id" in names else None
+    cases = []
     for name in names:
-        for value in EDGES + EDGES_BY_NAME.get(name, []):
+        for value in EDGES + EDGES_BY_NAME.get(name, []) + real.get(name, []):
             if name == "trace_id":
                 cases.append(op.Case(path_parameters={"trace_id": value}))
             else:
-                cases.append(op.Case(query={name: value}, path_parameters=path))
+                cases.append(op.Case(query={name: value}))
     if "since" in names:
         cases += [op.Case(query=query) for query in COMBINATIONS]
     return cases
@@ -210,6 +223,7 @@ def test_it_answers_fuzzed_requests_with_the_token_without_a_server_error(
         ledger, server, token, operations, http):
     bearer = {"Authorization": f"Bearer {token}"}
     checked = checks()
+    logged = len(server.output())
 
     def run(case: Any) -> None:
         response = case.call_and_validate(
@@ -219,16 +233,16 @@ def test_it_answers_fuzzed_requests_with_the_token_without_a_server_error(
             assert detail and "\n" not in detail, detail
 
     ran, failures = fuzz(operations, run, headers=bearer)
-    assert ran == (len(MODES) * len(OPERATIONS) - 1) * EXAMPLES  # 280: all but traces' negative
-    edges = [case for op in operations for case in edge_cases(op, ledger[0].trace_id)]
-    assert len(edges) == 411
+    edges = [case for op in operations for case in edge_cases(op, ledger)]
+    assert len(edges) == 421
     for case in edges:
         try:
             run(case)
         except (Exception, BaseExceptionGroup) as exc:  # reported together below
             failures.append(f"== {case.operation.label} {case!r}:\n{exc}")
     assert not failures, f"{len(failures)} failed:\n\n" + "\n\n".join(failures)
-    assert "Traceback" not in server.output()
+    assert "Traceback" not in server.output()[logged:]
+    assert ran == (len(MODES) * len(OPERATIONS) - 1) * EXAMPLES  # 280: all but traces' negative
 
 
 def test_it_answers_every_fuzzed_request_without_the_token_with_401(server, operations, http):
@@ -241,5 +255,5 @@ def test_it_answers_every_fuzzed_request_without_the_token_with_401(server, oper
         assert response.json() == {"detail": "Unauthorized"}
 
     ran, failures = fuzz(operations, run)
-    assert ran == len(MODES) * len(OPERATIONS) * EXAMPLES  # 320
     assert not failures, "\n\n".join(failures)
+    assert ran == len(MODES) * len(OPERATIONS) * EXAMPLES  # 320
