@@ -38,18 +38,26 @@ router = Router(tags=["telemetry"], auth=[LocalToken(), SessionAuthIsStaff()])
 # --- parameters ------------------------------------------------------------------------------
 
 
+def _or_blank(schema: dict[str, Any]) -> None:
+    """The schema of a choice that also takes "" for none (see _blank_is_unset): a client
+    reading the schema, or fuzzing from it, must know that `period=` is taken."""
+    schema["anyOf"].insert(-1, {"const": "", "type": "string"})
+
+
 class Filtering(Schema):
     """The `cost` command's filters, plus session and status. No period and no dates: the last
     7 days, as on the dashboard (all time is since=2000-01-01)."""
 
     period: Literal["today", "week", "month"] | None = Field(
-        None, description="calendar period in the configured time zone (weeks start Monday)")
+        None, description="calendar period in the configured time zone (weeks start Monday)",
+        json_schema_extra=_or_blank)
     since: str = Field("", description="YYYY-MM-DD (from the day's start) or an ISO date-time")
     until: str = Field("", description="YYYY-MM-DD (through the day's end) or an ISO date-time")
     model: str = Field("", description="exact model name, as the ledger has it")
     agent: str = Field("", description="X-TokenPak-Agent value")
     session: str = Field("", description="X-TokenPak-Session value")
-    status: Status | None = Field(None, description="how the request ended")
+    status: Status | None = Field(None, description="how the request ended",
+                                  json_schema_extra=_or_blank)
     min_cost: str = Field("", description="only requests costing at least this many dollars")
     compressed_only: bool = Field(False, description="only requests compression made smaller")
 
@@ -241,8 +249,14 @@ def unknown(request: HttpRequest, rest: str) -> NoReturn:
     raise HttpError(404, f"no telemetry endpoint {request.path!r}")
 
 
-router.add_api_operation("/{path:rest}", ["GET", "POST", "PUT", "PATCH", "DELETE"], unknown,
-                         auth=None, include_in_schema=False)
+def unknown_root(request: HttpRequest) -> NoReturn:
+    """/v1/telemetry/ itself (the path a trace id of '..' comes to)."""
+    unknown(request, "")
+
+
+for _path, _view in [("/", unknown_root), ("/{path:rest}", unknown)]:
+    router.add_api_operation(_path, ["GET", "POST", "PUT", "PATCH", "DELETE"], _view,
+                             auth=None, include_in_schema=False)
 
 
 # --- helpers ---------------------------------------------------------------------------------

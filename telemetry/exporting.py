@@ -13,6 +13,7 @@ from contextlib import nullcontext
 from typing import IO, Any
 
 from asgiref.sync import sync_to_async
+from django.core.exceptions import EmptyResultSet
 from django.db import connections, transaction
 from django.db.models import CharField, F, Func, QuerySet
 
@@ -145,7 +146,10 @@ class _Row(Func):
 def rows(qs: QuerySet[Event], fmt: str) -> Iterator[str]:
     """Formatted rows, oldest first, straight off the cursor in chunks."""
     query = qs.order_by("ts").annotate(row=_Row(fmt)).values_list("row").query
-    sql, params = query.sql_with_params()
+    try:
+        sql, params = query.sql_with_params()
+    except EmptyResultSet:  # Django proved no row can match (a bound past a column's range)
+        return
     connection = connections[qs.db]
     # On PostgreSQL a server-side cursor (what QuerySet.iterator() uses), inside a transaction:
     # a plain cursor fetches every row into memory before the first chunk can go out, and a

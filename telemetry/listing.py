@@ -6,6 +6,7 @@ page of a million-row ledger costs what the first does, one range scan of the ts
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from django.db.models import QuerySet
@@ -29,7 +30,8 @@ def cursor_of(event: Event) -> str:
 def parse_cursor(text: str) -> tuple[float, str]:
     ts, sep, trace_id = text.partition("_")
     try:
-        if not sep or not trace_id:
+        # cursor_of never writes nan or inf, nor a NUL byte (PostgreSQL refuses one in text).
+        if not sep or not trace_id or "\x00" in trace_id or not math.isfinite(float(ts)):
             raise ValueError
         return float(ts), trace_id
     except ValueError:

@@ -22,6 +22,8 @@ from django.db.models.functions import Coalesce
 from telemetry.models import NANO, QUARTER_HOUR, Event, PricingSource, QuarterHour
 
 ZERO = Decimal("0")
+# The dearest cost a filter can name: tp_events.cost_nano_usd is a 64-bit integer.
+MAX_COST = Decimal(2**63 - 1) / NANO
 PERIODS = ("today", "week", "month")
 LABELS = {"today": "Today", "week": "This week", "month": "This month"}
 
@@ -46,6 +48,13 @@ class Filters:
     min_cost: Decimal | None = None
     compressed_only: bool = False
     default_priced_only: bool = False
+
+    def __post_init__(self) -> None:
+        # No ledger value holds a NUL byte, and PostgreSQL refuses one in a query's text.
+        for name in ("model", "agent", "session", "provider", "status"):
+            value = getattr(self, name)
+            if "\x00" in value:
+                raise ReportError(f"bad {name} {value!r}: a NUL byte cannot be in a filter")
 
     def describe(self) -> str:
         parts = []
@@ -284,6 +293,8 @@ def parse_filters(
             ) from None
         if not cost.is_finite() or cost < 0:
             raise ReportError(f"{flag}min-cost must be a positive number of dollars")
+        if cost > MAX_COST:
+            raise ReportError(f"{flag}min-cost must be at most {MAX_COST} dollars")
     filters = Filters(since=start, until=end, model=model.strip(), agent=agent.strip(),
                       min_cost=cost, compressed_only=compressed_only)
     return label, filters
@@ -330,6 +341,8 @@ def parse_date(text: str, *, end: bool = False) -> datetime:
         raise ReportError(
             f"bad date {text!r}: use YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS]"
         ) from None
+    except OverflowError:  # the day after 9999-12-31
+        raise ReportError(f"bad date {text!r}: out of range") from None
     return moment if moment.tzinfo else moment.replace(tzinfo=zone())
 
 

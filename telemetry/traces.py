@@ -17,7 +17,10 @@ def find(trace_id: str | None = None) -> Event | None:
     qs = Event.objects.select_related("usage", "cost", "capture").prefetch_related("segments")
     if trace_id is None:
         return qs.order_by("-ts").first()
-    return qs.filter(trace_id=trace_id.strip()).first()
+    trace_id = trace_id.strip()
+    if "\x00" in trace_id:  # no trace id holds one, and PostgreSQL refuses one in a query
+        return None
+    return qs.filter(trace_id=trace_id).first()
 
 
 def trace(event: Event) -> dict[str, Any]:

@@ -4,12 +4,16 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from django.conf import settings
 
 from tests.fakeprovider import FakeProvider
 from tests.live import LiveServer, database_env
+
+if TYPE_CHECKING:
+    import httpx
 
 
 @pytest.fixture(scope="session")
@@ -132,23 +136,29 @@ TRAFFIC = [
 
 
 def send(url: str, provider: str, model: str, agent: str = "", stream: bool = False,
-         usage: dict | None = None, scenario: str = "") -> int:
+         usage: dict | None = None, scenario: str = "", *, session: str = "",
+         client: httpx.Client | None = None) -> int:
+    """One request through the proxy; `client` keeps a connection for many (a new client per
+    request costs some 40 ms on this machine)."""
     import json
 
     import httpx
 
+    post = client.post if client is not None else httpx.post
     headers = {"x-fake-usage": json.dumps(usage or {})}
     if agent:
         headers["x-tokenpak-agent"] = agent
+    if session:
+        headers["x-tokenpak-session"] = session
     if scenario:
         headers["x-fake-scenario"] = scenario
     if provider == "openai":
         headers["authorization"] = "Bearer sk-test-traffic-0000"
-        r = httpx.post(url + "/v1/chat/completions", headers=headers,
+        r = post(url + "/v1/chat/completions", headers=headers,
                        json={"model": model, "messages": [], "stream": stream})
     else:
         headers |= {"x-api-key": "sk-ant-test-traffic-0000", "anthropic-version": "2023-06-01"}
-        r = httpx.post(url + "/v1/messages", headers=headers,
+        r = post(url + "/v1/messages", headers=headers,
                        json={"model": model, "max_tokens": 10, "messages": [], "stream": stream})
     return r.status_code
 

@@ -291,6 +291,17 @@ def test_it_answers_404_for_an_unknown_trace(server, api):
     response = api.get("/traces/no-such-trace")
     assert response.status_code == 404
     assert response.json() == {"detail": "no request with trace id 'no-such-trace' in the ledger"}
+    nul = api.get("/traces/a%00b")  # PostgreSQL refuses a NUL byte: this was a 500 there
+    assert (nul.status_code, nul.json()) == (
+        404, {"detail": "no request with trace id 'a\\x00b' in the ledger"})
+
+
+def test_it_answers_nothing_above_the_dearest_cost_a_ledger_can_hold(traffic, api):
+    # One more billionth is refused (above); this much is a filter that matches nothing.
+    top = {"min_cost": str(reports.MAX_COST)}
+    assert export(api, "csv", **top).text == ",".join(exporting.NAMES) + "\n"
+    assert json.loads(export(api, "json", **top).text) == []
+    assert get(api, "/sessions", **top)["count"] == totals(api, **top)["requests"] == 0
 
 
 # --- refusals --------------------------------------------------------------------------------
@@ -318,6 +329,18 @@ def test_it_answers_404_for_an_unknown_trace(server, api):
         ("/sessions", {"since": "soon"}, "bad date 'soon'"),
         ("/export", {"format": "xml"}, "format: "),
         ("/export", {"model": "x", "until": "never"}, "bad date 'never'"),
+        # Found by tests/test_api_fuzz.py, each a 500 before (PostgreSQL refuses a NUL byte).
+        ("/summary", {"until": "9999-12-31"}, "bad date '9999-12-31': out of range"),
+        ("/export", {"since": "2026-01-01", "until": "9999-12-31"}, "bad date '9999-12-31'"),
+        ("/sessions", {"min_cost": "1e999999999"}, "min-cost must be at most 9223372036.85"),
+        ("/export", {"min_cost": "9223372036.854775808"}, "min-cost must be at most"),
+        ("/summary", {"model": "a\x00b"}, "bad model 'a\\x00b': a NUL byte cannot be"),
+        ("/sessions", {"agent": "\x00"}, "bad agent '\\x00'"),
+        ("/export", {"session": "s\x00"}, "bad session 's\\x00'"),
+        ("/sessions", {"cursor": "nan_0"}, "bad cursor 'nan_0'"),
+        ("/sessions", {"cursor": "-inf_0"}, "bad cursor '-inf_0'"),
+        ("/sessions", {"cursor": "1e999_0"}, "bad cursor '1e999_0'"),
+        ("/sessions", {"cursor": "1.5_\x00"}, "bad cursor '1.5_\\x00'"),
     ],
 )
 def test_it_refuses_a_bad_parameter_with_400_and_one_line(server, api, path, params, message):
@@ -403,6 +426,11 @@ def test_it_documents_the_four_paths_in_the_openapi_schema(server):
     assert {"cursor", "limit", "since", "until", "period", "model", "agent", "min_cost",
             "compressed_only", "session", "status"} <= {p["name"] for p in sessions["parameters"]}
     assert "/v1/chat/completions" not in schema["paths"]  # the proxy's routes stay out
+    # An empty period or status is taken as none given: the schema says so (a fuzzer found
+    # `period=` accepted where the schema's enum had no "").
+    params = {p["name"]: p["schema"] for p in sessions["parameters"]}
+    for name in ("period", "status"):
+        assert {"const": "", "type": "string"} in params[name]["anyOf"]
 
 
 def test_it_serves_the_docs_page_and_its_assets_itself(server):
@@ -419,9 +447,10 @@ def test_it_leaves_the_proxy_routes_to_the_proxy(server, api, fake, rows):
     assert api.get("/summary").status_code == 200
     assert api.post("/summary").status_code == 405
     for method in ("GET", "POST"):
-        unknown = httpx.request(method, server.url + f"{API}/nothing-here", json={})
-        assert unknown.status_code == 404
-        assert unknown.json() == {"detail": f"no telemetry endpoint '{API}/nothing-here'"}
+        for path in (f"{API}/nothing-here", f"{API}/"):  # /v1/telemetry/ was the proxy's
+            unknown = httpx.request(method, server.url + path, json={})
+            assert unknown.status_code == 404
+            assert unknown.json() == {"detail": f"no telemetry endpoint '{path}'"}
     assert fake.log == []  # none of that went upstream
     response = httpx.post(server.url + "/v1/chat/completions",
                           json={"model": "gpt-4o-mini", "messages": []},

@@ -114,6 +114,11 @@ def test_it_exports_the_matching_requests_to_stdout(traffic):
         (["--since", "2026-02-01", "--until", "2026-01-01"], "--since must be before --until"),
         (["--min-cost", "cheap"], "bad --min-cost 'cheap'"),
         (["--min-cost", "-1"], "--min-cost must be a positive number"),
+        # Found by the REST API's fuzzing (tests/test_api_fuzz.py): these raised, 500 there.
+        (["--until", "9999-12-31"], "bad date '9999-12-31': out of range"),
+        (["--min-cost", "1e999999999"], "--min-cost must be at most 9223372036.854775807 dollars"),
+        (["--min-cost", "9223372036.854775808"], "--min-cost must be at most"),
+        (["--model", "a\x00b"], "bad model 'a\\\\x00b': a NUL byte cannot be in a filter"),
     ],
 )
 def test_it_refuses_bad_input_with_one_line(db, args, message):
