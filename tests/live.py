@@ -103,6 +103,15 @@ class LiveServer:
         return self.proc.returncode
 
 
+def listening(port: int) -> bool:
+    """True while something accepts connections on 127.0.0.1:port."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
 def answers(url: str) -> bool:
     """True once a server at url answers the proxy's model list."""
     import httpx

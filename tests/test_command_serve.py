@@ -18,7 +18,7 @@ import openai
 import pytest
 
 from tests.conftest import wait_for
-from tests.live import ROOT, answers, database_env, default_signals, free_port
+from tests.live import ROOT, answers, database_env, default_signals, free_port, listening
 
 TOKENPAK = Path(sys.executable).parent / "tokenpak"
 
@@ -106,14 +106,6 @@ def test_it_refuses_a_worker_count_it_cannot_run(tmp_path, fake):
 
 REFUSAL = ("CommandError: Refusing to listen on {host} without authentication: anyone who can "
            "reach this machine could use the proxy")
-
-
-def listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 @pytest.mark.parametrize(("args", "extra", "host"), [

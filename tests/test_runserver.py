@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import wait_for
-from tests.live import ROOT, answers, database_env, default_signals, free_port
+from tests.live import ROOT, answers, database_env, default_signals, free_port, listening
 
 
 def runserver(tmp_path: Path, fake, *args: str, **extra: str
@@ -49,14 +48,6 @@ def test_it_serves_on_the_configured_port_by_default(transactional_db, fake, row
         output = proc.communicate(timeout=15)[0].decode()
     assert f"http://127.0.0.1:{port}/" in output
     assert "ASGI/Daphne" in output  # daphne's server, with TokenPak's defaults
-
-
-def listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 @pytest.mark.parametrize(("args", "extra", "host"), [
