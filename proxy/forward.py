@@ -293,7 +293,12 @@ async def _relay(
             status, error_class = Status.STREAM_CUT, "incomplete_stream"
             yield provider.cut_event("TokenPak: the provider ended the stream before it finished.")
     except (asyncio.CancelledError, GeneratorExit):  # GeneratorExit: closed while at a yield
-        status = Status.CLIENT_CLOSED
+        # A client may hang up as soon as it has the last event (the SDKs raise on an error
+        # event and close) while the provider's body is still open: the answer was whole.
+        if tap.error_class:
+            status, error_class = Status.ERROR, tap.error_class
+        elif not tap.complete:
+            status = Status.CLIENT_CLOSED
         raise
     except httpx.TimeoutException as e:
         status, error_class = Status.UPSTREAM_TIMEOUT, type(e).__name__

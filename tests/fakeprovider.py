@@ -283,6 +283,8 @@ class _Scenario:
                   block, and stop_reason tool_use
     late_ping     Anthropic stream: one more ping between the last
                   content_block_stop and message_delta
+    linger=S      stream: after the last event, hold the body open S seconds
+                  (or until the client leaves) before ending it
     """
 
     status: int | None = None
@@ -296,6 +298,7 @@ class _Scenario:
     stream_error: bool = False
     tool_call: bool = False
     late_ping: bool = False
+    linger: float = 0.0
 
     @classmethod
     def parse(cls, raw: str) -> "_Scenario":
@@ -317,6 +320,8 @@ class _Scenario:
                     sc.delay = float(value)
                 elif name == "cut":
                     sc.cut = int(value)
+                elif name == "linger":
+                    sc.linger = float(value)
                 elif name in _FLAGS and not value:
                     setattr(sc, name, True)
                 else:
@@ -1046,6 +1051,9 @@ class _Handler(BaseHTTPRequestHandler):
             writer.flush()
             self._abort()
             return
+        if scenario.linger:
+            writer.flush()
+            self._wait(None, scenario.linger)
         writer.end()
         self.provider.sent_last.set()
 

@@ -157,6 +157,41 @@ def test_it_records_a_client_that_disconnects_mid_stream(server, fake, rows):
         fake.release.set()
 
 
+def test_it_records_an_error_event_the_client_hung_up_on(server, fake, rows):
+    # The SDK raises on the error event and closes while the provider's body is still open.
+    sdk = anthropic.Anthropic(base_url=server.url, api_key="sk-ant-test-000000", max_retries=0)
+    with pytest.raises(anthropic.APIStatusError, match="Overloaded"), sdk.messages.stream(
+        model="claude-haiku-4-5", max_tokens=50, messages=[{"role": "user", "content": "hi"}],
+        extra_headers={"x-fake-scenario": "stream_error,linger=10"},
+    ) as stream:
+        for _ in stream.text_stream:
+            pass
+    [event] = rows(1)
+    assert (event.status, event.error_class) == ("error", "overloaded_error")
+    assert fake.client_gone.wait(5)
+
+
+@pytest.mark.parametrize("path, body, last", [
+    ("/v1/messages", {"model": "claude-haiku-4-5", "max_tokens": 50, "messages": [],
+                      "stream": True}, b"message_stop"),
+    ("/v1/chat/completions", {"model": "gpt-4o", "messages": [], "stream": True},
+     b"[DONE]"),
+])
+def test_it_records_a_whole_stream_as_ok_when_the_client_leaves_after_its_end(
+        server, fake, rows, path, body, last):
+    provider_headers = ANTHROPIC_HEADERS if path == "/v1/messages" else OPENAI_HEADERS
+    headers = {**provider_headers, "x-fake-scenario": "linger=10"}
+    with httpx.stream("POST", server.url + path, json=body, headers=headers) as r:
+        seen = b""
+        for chunk in r.iter_raw():
+            seen += chunk
+            if last in seen:
+                break  # the answer is whole; the provider has not closed its body yet
+    [event] = rows(1)
+    assert (event.status, event.error_class) == ("ok", "")
+    assert not event.usage.estimated and event.usage.output_tokens > 0
+
+
 def test_it_reads_a_chat_body_sent_as_a_form_by_a_hand_written_curl(server, fake, rows):
     response = httpx.post(
         server.url + "/v1/chat/completions",
