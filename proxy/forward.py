@@ -289,15 +289,16 @@ async def _relay(
             yield held
         if tap.error_class:
             status, error_class = Status.ERROR, tap.error_class
-        elif not tap.complete:
+        elif not tap.complete and status == Status.OK:
             status, error_class = Status.STREAM_CUT, "incomplete_stream"
             yield provider.cut_event("TokenPak: the provider ended the stream before it finished.")
     except (asyncio.CancelledError, GeneratorExit):  # GeneratorExit: closed while at a yield
         # A client may hang up as soon as it has the last event (the SDKs raise on an error
-        # event and close) while the provider's body is still open: the answer was whole.
+        # event, or on TokenPak's own cut event, and close): the row says what the answer was.
+        # client_closed is for a client that left before the answer ended.
         if tap.error_class:
             status, error_class = Status.ERROR, tap.error_class
-        elif not tap.complete:
+        elif not tap.complete and status == Status.OK:
             status = Status.CLIENT_CLOSED
         raise
     except httpx.TimeoutException as e:

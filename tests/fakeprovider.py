@@ -283,6 +283,8 @@ class _Scenario:
                   block, and stop_reason tool_use
     late_ping     Anthropic stream: one more ping between the last
                   content_block_stop and message_delta
+    end=K         stream: K whole events, then a clean end of the body (the
+                  provider's final event never comes)
     linger=S      stream: after the last event, hold the body open S seconds
                   (or until the client leaves) before ending it
     """
@@ -299,6 +301,7 @@ class _Scenario:
     tool_call: bool = False
     late_ping: bool = False
     linger: float = 0.0
+    end: int | None = None
 
     @classmethod
     def parse(cls, raw: str) -> "_Scenario":
@@ -320,6 +323,8 @@ class _Scenario:
                     sc.delay = float(value)
                 elif name == "cut":
                     sc.cut = int(value)
+                elif name == "end":
+                    sc.end = int(value)
                 elif name == "linger":
                     sc.linger = float(value)
                 elif name in _FLAGS and not value:
@@ -1035,6 +1040,8 @@ class _Handler(BaseHTTPRequestHandler):
             if i and scenario.delay:
                 writer.flush()
                 self._wait(None, scenario.delay)
+            if scenario.end is not None and i == scenario.end:
+                break
             if scenario.cut is not None and i == scenario.cut:
                 writer.write(event.data[: len(event.data) // 2])
                 writer.flush()

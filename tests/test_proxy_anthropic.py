@@ -142,6 +142,22 @@ def test_it_records_a_cut_stream_with_exact_input_and_estimated_output(server, f
     assert event.usage.output_tokens == 2  # "Hello", " from" counted locally
 
 
+def test_it_records_a_stream_that_ends_before_message_stop_as_cut(server, fake, rows):
+    # Events: message_start, content_block_start, ping, delta "Hello", delta " from", clean end.
+    ended = pytest.raises(anthropic.APIStatusError,
+                          match="the provider ended the stream before it finished")
+    with ended, client(server).messages.stream(
+        model=MODEL, max_tokens=100, messages=MESSAGES,
+        extra_headers={"x-fake-scenario": "end=5", **usage_header(input_tokens=321)},
+    ) as stream:
+        for _ in stream.text_stream:
+            pass
+    [event] = rows(1)
+    assert (event.status, event.error_class) == ("stream_cut", "incomplete_stream")
+    assert event.usage.input_tokens == 321  # from message_start: exact
+    assert event.usage.estimated and event.usage.output_tokens == 2
+
+
 def test_it_records_an_error_event_inside_a_stream(server, fake, rows):
     overloaded = pytest.raises(anthropic.APIStatusError, match="Overloaded")
     with overloaded, client(server).messages.stream(

@@ -179,6 +179,22 @@ def test_it_records_a_cut_stream_with_estimated_tokens(server, fake, rows):
     assert event.cost.cost_usd > 0
 
 
+def test_it_records_a_stream_that_ends_before_its_last_chunk_as_cut(server, fake, rows):
+    # The provider closes its body cleanly, but without the usage chunk or [DONE].
+    stream = client(server).chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True,
+        extra_headers={"x-fake-scenario": "end=3"},
+    )
+    seen = []
+    with pytest.raises(openai.APIError, match="the provider ended the stream before it finished"):
+        for chunk in stream:
+            seen.append(chunk.choices[0].delta.content or "")
+    [event] = rows(1)
+    assert (event.status, event.error_class) == ("stream_cut", "incomplete_stream")
+    assert "".join(seen) == "Hello from"
+    assert event.usage.estimated and event.usage.output_tokens == 2
+
+
 def test_it_passes_provider_errors_back_unchanged(server, fake, rows):
     with pytest.raises(openai.RateLimitError) as info:
         client(server).chat.completions.create(
