@@ -128,41 +128,35 @@ def test_it_parses_streams_split_at_odd_byte_boundaries(server, fake, rows, scen
     assert (event.usage.input_tokens, event.usage.output_tokens, event.status) == (21, 7, "ok")
 
 
-def test_it_records_a_cut_stream_with_exact_input_and_estimated_output(server, fake, rows):
-    # Events: message_start, content_block_start, ping, delta "Hello", delta " from", cut.
-    with pytest.raises(anthropic.APIStatusError, match="TokenPak"), client(server).messages.stream(
+# Events: message_start, content_block_start, ping, delta "Hello", delta " from", then the cut:
+# the connection lost mid-event, or a clean end of body without message_stop.
+@pytest.mark.parametrize("scenario, message, error_class", [
+    ("cut=5", "the connection to the provider was lost", "RemoteProtocolError"),
+    ("end=5", "the provider ended the stream before it finished", "incomplete_stream"),
+])
+def test_it_records_a_cut_stream_with_exact_input_and_estimated_output(
+        server, fake, rows, scenario, message, error_class):
+    with pytest.raises(anthropic.APIStatusError, match=message), client(server).messages.stream(
         model=MODEL, max_tokens=100, messages=MESSAGES,
-        extra_headers={"x-fake-scenario": "cut=5", **usage_header(input_tokens=321)},
+        extra_headers={"x-fake-scenario": scenario, **usage_header(input_tokens=321)},
     ) as stream:
         for _ in stream.text_stream:
             pass
     [event] = rows(1)
-    assert event.status == "stream_cut" and event.usage_source == "estimated"
+    assert (event.status, event.error_class) == ("stream_cut", error_class)
+    assert event.usage_source == "estimated"
     assert event.usage.input_tokens == 321  # from message_start: exact
     assert event.usage.output_tokens == 2  # "Hello", " from" counted locally
 
 
-def test_it_records_a_stream_that_ends_before_message_stop_as_cut(server, fake, rows):
-    # Events: message_start, content_block_start, ping, delta "Hello", delta " from", clean end.
-    ended = pytest.raises(anthropic.APIStatusError,
-                          match="the provider ended the stream before it finished")
-    with ended, client(server).messages.stream(
-        model=MODEL, max_tokens=100, messages=MESSAGES,
-        extra_headers={"x-fake-scenario": "end=5", **usage_header(input_tokens=321)},
-    ) as stream:
-        for _ in stream.text_stream:
-            pass
-    [event] = rows(1)
-    assert (event.status, event.error_class) == ("stream_cut", "incomplete_stream")
-    assert event.usage.input_tokens == 321  # from message_start: exact
-    assert event.usage.estimated and event.usage.output_tokens == 2
-
-
-def test_it_records_an_error_event_inside_a_stream(server, fake, rows):
+# linger: the provider holds its body open after the error event, so the SDK, which raises on
+# the event and closes, hangs up before the provider has ended.
+@pytest.mark.parametrize("scenario", ["stream_error", "stream_error,linger=10"])
+def test_it_records_an_error_event_inside_a_stream(server, fake, rows, scenario):
     overloaded = pytest.raises(anthropic.APIStatusError, match="Overloaded")
     with overloaded, client(server).messages.stream(
         model=MODEL, max_tokens=100, messages=MESSAGES,
-        extra_headers={"x-fake-scenario": "stream_error"},
+        extra_headers={"x-fake-scenario": scenario},
     ) as stream:
         for _ in stream.text_stream:
             pass

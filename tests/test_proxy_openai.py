@@ -158,41 +158,32 @@ def test_it_parses_streams_split_at_odd_byte_boundaries(server, fake, rows, spli
     assert (event.usage.input_tokens, event.usage.output_tokens, event.status) == (21, 7, "ok")
 
 
-def test_it_records_a_cut_stream_with_estimated_tokens(server, fake, rows):
+# Two content chunks, then the cut: the connection lost mid-chunk, or a clean end of body
+# without the usage chunk or [DONE].
+@pytest.mark.parametrize("scenario, message, error_class", [
+    ("cut=3", "the connection to the provider was lost", "RemoteProtocolError"),
+    ("end=3", "the provider ended the stream before it finished", "incomplete_stream"),
+])
+def test_it_records_a_cut_stream_with_estimated_tokens(
+        server, fake, rows, scenario, message, error_class):
     stream = client(server).chat.completions.create(
         model="gpt-4o-mini",
         messages=MESSAGES,
         stream=True,
-        extra_headers={"x-fake-scenario": "cut=3"},
+        extra_headers={"x-fake-scenario": scenario},
     )
     seen = []
-    with pytest.raises(openai.APIError, match="TokenPak: the connection to the provider was lost"):
+    with pytest.raises(openai.APIError, match=f"TokenPak: {message}"):
         for chunk in stream:
             seen.append(chunk.choices[0].delta.content or "")
     [event] = rows(1)
-    assert event.status == "stream_cut"
+    assert (event.status, event.error_class) == ("stream_cut", error_class)
     assert event.usage_source == "estimated" and event.usage.estimated
     # What the client saw was counted locally: two words ("Hello", " from") → 2 tokens.
     assert "".join(seen) == "Hello from"
     assert event.usage.output_tokens == 2
     assert event.usage.input_tokens > 0
     assert event.cost.cost_usd > 0
-
-
-def test_it_records_a_stream_that_ends_before_its_last_chunk_as_cut(server, fake, rows):
-    # The provider closes its body cleanly, but without the usage chunk or [DONE].
-    stream = client(server).chat.completions.create(
-        model="gpt-4o-mini", messages=MESSAGES, stream=True,
-        extra_headers={"x-fake-scenario": "end=3"},
-    )
-    seen = []
-    with pytest.raises(openai.APIError, match="the provider ended the stream before it finished"):
-        for chunk in stream:
-            seen.append(chunk.choices[0].delta.content or "")
-    [event] = rows(1)
-    assert (event.status, event.error_class) == ("stream_cut", "incomplete_stream")
-    assert "".join(seen) == "Hello from"
-    assert event.usage.estimated and event.usage.output_tokens == 2
 
 
 def test_it_passes_provider_errors_back_unchanged(server, fake, rows):
