@@ -289,7 +289,7 @@ async def _relay(
             yield held
         if tap.error_class:
             status, error_class = Status.ERROR, tap.error_class
-        elif not tap.complete and status == Status.OK:
+        elif not tap.complete:
             status, error_class = Status.STREAM_CUT, "incomplete_stream"
             yield provider.cut_event("TokenPak: the provider ended the stream before it finished.")
     except (asyncio.CancelledError, GeneratorExit):  # GeneratorExit: closed while at a yield
