@@ -25,9 +25,10 @@ from telemetry.models import SignInFailure
 from tokenpak_site import conf
 
 LOCAL_USER = "local"
-# Failed sign-ins allowed from one address in a window, against guessing a user's password
-# (the token, 256 random bits, cannot be guessed). Counted in the database, so every worker
-# process sees the same count.
+# Failed password sign-ins allowed from one address in a window, against guessing a user's
+# password. Token attempts are neither counted nor refused: 256 random bits cannot be guessed,
+# and any web page can make a browser send a wrong one. Counted in the database, so every
+# worker process sees the same count.
 SIGN_IN_LIMIT = 10
 SIGN_IN_WINDOW = 300.0
 

@@ -108,28 +108,32 @@ def sign_in(request: HttpRequest) -> HttpResponseBase:
     if not url_has_allowed_host_and_scheme(target, {request.get_host()}):
         target = reverse("dashboard")
     token = request.POST.get("token") or request.GET.get("token") or ""
-    trying = bool(token) or request.method == "POST"
-    if trying and (wait := access.sign_in_wait(request)):
-        return render(request, "dashboard/login.html",
-                      {"next": target, "error": access.too_many(wait)}, status=429)
-    error = ""
+    # Only passwords are rate-limited: the token (256 random bits) cannot be guessed, and a
+    # wrong one arrives from any web page (`<img src=…/login/?token=x>`). Counting those would
+    # let any site lock the owner out, their own link included.
     if token:
         if access.sign_in(request, token):
             access.note_sign_in(request, ok=True)
             return HttpResponseRedirect(target)
-        error = "That is not this TokenPak's token: `tokenpak token` prints it."
-    elif request.method == "POST":
-        user = authenticate(request, username=request.POST.get("username", ""),
-                            password=request.POST.get("password", ""))
-        if user is not None and user.is_active and user.is_staff:
-            login(request, user)
-            access.note_sign_in(request, ok=True)
-            return HttpResponseRedirect(target)
-        error = "Wrong user name or password, or the user is not staff."
-    if error:
-        access.note_sign_in(request, ok=False)
-    return render(request, "dashboard/login.html", {"next": target, "error": error},
-                  status=400 if error else 200)
+        return render(request, "dashboard/login.html", {
+            "next": target,
+            "error": "That is not this TokenPak's token: `tokenpak token` prints it."},
+            status=400)
+    if request.method != "POST":
+        return render(request, "dashboard/login.html", {"next": target, "error": ""})
+    if wait := access.sign_in_wait(request):
+        return render(request, "dashboard/login.html",
+                      {"next": target, "error": access.too_many(wait)}, status=429)
+    user = authenticate(request, username=request.POST.get("username", ""),
+                        password=request.POST.get("password", ""))
+    if user is not None and user.is_active and user.is_staff:
+        login(request, user)
+        access.note_sign_in(request, ok=True)
+        return HttpResponseRedirect(target)
+    access.note_sign_in(request, ok=False)
+    return render(request, "dashboard/login.html", {
+        "next": target, "error": "Wrong user name or password, or the user is not staff."},
+        status=400)
 
 
 @require_POST

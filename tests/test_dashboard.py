@@ -320,25 +320,50 @@ def test_it_says_telemetry_is_off_when_there_is_no_ledger(start_server, tmp_path
     assert not (tmp_path / "off").exists()  # and nothing was written to make a token
 
 
+def password_attempt(client: httpx.Client, path: str, username: str, password: str
+                     ) -> httpx.Response:
+    """One POST of a sign-in form (the dashboard's or the admin's), with its CSRF token."""
+    form = client.get(path).text
+    csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form).group(1)
+    return client.post(path, data={"csrfmiddlewaretoken": csrf, "username": username,
+                                   "password": password})
+
+
 def test_it_slows_down_guessing_at_the_sign_in_pages(server, token):
-    def attempt(value: str) -> int:
-        return httpx.get(f"{server.url}/dashboard/login/", params={"token": value}).status_code
+    get_user_model().objects.create_user("ana", password="pw-ana-123", is_staff=True)
+
+    def attempt(password: str) -> int:
+        with httpx.Client(base_url=server.url) as client:
+            return password_attempt(client, "/dashboard/login/", "ana", password).status_code
 
     # A success forgets earlier failures: the owner mistyping now and then is never locked out.
     assert [attempt("wrong") for _ in range(9)] == [400] * 9
-    assert attempt(token) == 302
+    assert attempt("pw-ana-123") == 302
     assert [attempt("wrong") for _ in range(10)] == [400] * 10
-    # Ten failures in five minutes: every form refuses, even the right answer, with 429.
-    r = httpx.get(f"{server.url}/dashboard/login/", params={"token": token})
-    assert r.status_code == 429 and "Too many failed sign-ins" in r.text
+    # Ten failures in five minutes: every password form refuses, even the right one, with 429.
+    assert attempt("pw-ana-123") == 429
     with httpx.Client(base_url=server.url) as client:
-        form = client.get("/admin/login/").text
-        csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form).group(1)
-        r = client.post("/admin/login/", data={"csrfmiddlewaretoken": csrf, "username": "x",
-                                               "password": "y"})
-        assert r.status_code == 429
-    # Opening the page to read it is not an attempt.
+        r = password_attempt(client, "/admin/login/", "x", "y")
+        assert r.status_code == 429 and "Too many failed sign-ins" in r.text
+    # Opening the page to read it is not an attempt, and the token link still signs in.
     assert httpx.get(f"{server.url}/dashboard/login/").status_code == 200
+    r = httpx.get(f"{server.url}/dashboard/login/", params={"token": token})
+    assert r.status_code == 302
+
+
+def test_it_never_locks_the_sign_in_pages_for_wrong_tokens(server, token):
+    # Twenty <img src="http://127.0.0.1:8766/dashboard/login/?token=x"> on any web page.
+    for _ in range(20):
+        r = httpx.get(f"{server.url}/dashboard/login/", params={"token": "x"})
+        assert r.status_code == 400 and "not this TokenPak" in r.text
+    r = httpx.get(f"{server.url}/dashboard/login/", params={"token": token})
+    assert (r.status_code, r.headers["location"]) == (302, "/dashboard/")
+    # Passwords are still counted, from the first wrong one.
+    get_user_model().objects.create_user("ana", password="pw-ana-123", is_staff=True)
+    with httpx.Client(base_url=server.url) as client:
+        codes = [password_attempt(client, "/admin/login/", "ana", "guess").status_code
+                 for _ in range(11)]
+    assert codes == [200] * 10 + [429]
 
 
 def test_it_counts_wrong_admin_passwords_too(server):
