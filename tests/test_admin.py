@@ -372,3 +372,16 @@ def test_it_streams_a_csv_export_through_the_asgi_server(server, traffic, django
     assert {r["trace_id"] for r in rows} == {e.trace_id for e in expected}
     assert sum(Decimal(r["cost_usd"]) for r in rows) == sum(
         (e.cost.cost_usd for e in expected), Decimal("0"))
+
+
+@pytest.mark.parametrize("query", [
+    "format=0", "format=xlsx", "nope=1", "model__nope=1", "created_at__year=abc",
+    "ts__gt=abc", "model=%00", "agent_id=a%00b", "trace_id__regex=(",
+])
+def test_it_answers_a_bad_export_parameter_with_400(browser, ledger, query):
+    # The export page's query string is the list's filters; its own choice is the form's.
+    assert browser.get(f"{URL}export/?{query}").status_code == 400
+    assert browser.post(f"{URL}export/?{query}", {"format": "0"}).status_code == 400
+    # The list itself refuses the same parameter (400, or back to itself with ?e=1).
+    assert browser.get(f"{URL}?{query}").status_code in (302, 400)
+
