@@ -1,6 +1,7 @@
 """Fill a ledger with N synthetic rows, fast, for the 1M-row benchmarks.
 
     TOKENPAK_HOME=/tmp/tp-bench python bench/seed.py 1000000
+    TOKENPAK_HOME=/tmp/tp-many python bench/seed.py 100000 100000   # 100,000 distinct agents
 
 Rows span the last 120 days in time order (as the ledger writer appends them) over a handful of
 models, agents and statuses, with usage, cost and recipe-hit rows as the proxy writes them.
@@ -38,7 +39,8 @@ RECIPES = ["json-minify", "blank-lines", "ansi-colours", "seen-lines", "long-out
 STATUSES = ["ok"] * 95 + ["error"] * 3 + ["stream_cut", "client_closed"]
 
 
-def seed(n: int, days: int = 120, chunk: int = 20_000) -> None:
+def seed(n: int, days: int = 120, chunk: int = 20_000, agents: int = 0) -> None:
+    """agents: that many distinct X-TokenPak-Agent values, one after another (0: AGENTS)."""
     call_command("migrate", verbosity=0)
     rng = random.Random(42)
     now = time.time()
@@ -48,7 +50,7 @@ def seed(n: int, days: int = 120, chunk: int = 20_000) -> None:
                "agent_id", "duration_ms", "status", "error_class", "session_id", "endpoint",
                "requested_model", "sent_model", "stream", "upstream_status", "ttfb_ms",
                "usage_source", "input_tokens", "output_tokens", "tokens_saved", "cost_nano_usd",
-               "saved_nano_usd", "compress_ms"]
+               "saved_nano_usd", "compress_ms", "upstream", "failover"]
     us_cols = ["trace_id", "input_tokens", "output_tokens", "tokens_saved", "savings_pct",
                "cache_hit", "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens",
                "reasoning_tokens", "estimated", "saved_estimated"]
@@ -81,11 +83,13 @@ def seed(n: int, days: int = 120, chunk: int = 20_000) -> None:
             saved_cost = saved * 3000
             events.append((trace, f"req_{trace[:12]}", "chat.completions" if provider == "openai"
                            else "messages", ts, datetime.fromtimestamp(ts, tz=UTC), provider,
-                           model, rng.choice(AGENTS), round(rng.uniform(200, 9000), 3), status,
+                           model, f"agent-{(done + len(events)) % agents}" if agents
+                           else rng.choice(AGENTS), round(rng.uniform(200, 9000), 3), status,
                            "" if status == "ok" else "rate_limit_error", "", "/v1/x", model,
                            model, stream, 200 if status == "ok" else 429,
                            round(rng.uniform(50, 800), 3), "provider", inp, out, saved, cost,
-                           saved_cost, round(rng.uniform(0.2, 8), 3) if compressed else None))
+                           saved_cost, round(rng.uniform(0.2, 8), 3) if compressed else None,
+                           "", ""))
             if saved:
                 hits += [(trace, recipe, rng.randint(1, 5))
                          for recipe in rng.sample(RECIPES, rng.randint(1, 2))]
@@ -108,4 +112,5 @@ def seed(n: int, days: int = 120, chunk: int = 20_000) -> None:
 
 
 if __name__ == "__main__":
-    seed(int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000)
+    seed(int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000,
+         agents=int(sys.argv[2]) if len(sys.argv) > 2 else 0)
