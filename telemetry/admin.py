@@ -81,11 +81,25 @@ def _narrow(qs: QuerySet[Event], **filters: Any) -> QuerySet[Event]:
 
 class ValuesFilter(admin.AllValuesFieldListFilter):
     """Django's every-value filter, with its choices from the column's index (the provider,
-    model and agent indexes lead with the column) and a visible name for the empty value."""
+    model and agent indexes lead with the column) and a visible name for the empty value.
+
+    At most CHOICES of them (and the chosen one): clients invent agents and models by the
+    thousand, and each choice is a link on every list page (and a column of the facet counts'
+    query, which SQLite caps at 2,000). The search box finds the others."""
+
+    CHOICES = 50
+    name = ""  # the title, when not the column's name
 
     def __init__(self, field: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(field, *args, **kwargs)
-        self.lookup_choices = reports.distinct_values(field.name)
+        choices = reports.distinct_values(field.name, self.CHOICES + 1)
+        more = len(choices) > self.CHOICES
+        del choices[self.CHOICES:]
+        choices += [v for v in self.lookup_val or () if v not in choices and "\x00" not in v]
+        self.lookup_choices = choices
+        self.title = self.name or self.title
+        if more:
+            self.title += f" (the first {self.CHOICES}: search for others)"
 
     def choices(self, changelist: ChangeList) -> Iterator[dict[str, Any]]:
         for choice in super().choices(changelist):
@@ -95,9 +109,7 @@ class ValuesFilter(admin.AllValuesFieldListFilter):
 
 
 class AgentFilter(ValuesFilter):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.title = "agent"  # not the column's name, agent_id
+    name = "agent"  # not the column's name, agent_id
 
 
 class CompressedFilter(admin.SimpleListFilter):

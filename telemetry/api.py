@@ -38,6 +38,10 @@ router = Router(tags=["telemetry"], auth=[LocalToken(), SessionAuthIsStaff()])
 # --- parameters ------------------------------------------------------------------------------
 
 
+BREAKDOWN_PAGE = 100
+MAX_BREAKDOWN_PAGE = 1000
+
+
 def _or_blank(schema: dict[str, Any]) -> None:
     """The schema of a choice that also takes "" for none (see _blank_is_unset): a client
     reading the schema, or fuzzing from it, must know that `period=` is taken."""
@@ -71,6 +75,18 @@ class Filtering(Schema):
 class Paging(Filtering):
     cursor: str = Field("", description="next_cursor of the previous page; empty for the first")
     limit: int = Field(50, ge=1, le=listing.MAX_LIMIT)
+
+
+class Breakdowns(Filtering):
+    """by_model and by_agent come a page at a time: clients name agents (and models) freely,
+    so there can be any number of them."""
+
+    limit: int = Field(BREAKDOWN_PAGE, ge=1, le=MAX_BREAKDOWN_PAGE,
+                       description="rows of by_model and of by_agent in one answer, biggest "
+                                   "spend first")
+    offset: int = Field(0, ge=0, le=2**31,
+                        description="rows of by_model and of by_agent to skip: the previous "
+                                    "answer's next_offset")
 
 
 class ExportFormat(Filtering):
@@ -108,9 +124,13 @@ class SummaryOut(Schema):
     until: str | None = Field(description="exclusive")
     filters: str
     totals: TotalsOut
-    by_model: list[RowOut]
-    by_agent: list[RowOut]
+    by_model: list[RowOut] = Field(description="a page of the models: see limit and offset")
+    by_agent: list[RowOut] = Field(description="a page of the agents: see limit and offset")
     by_day: list[RowOut]
+    by_model_count: int = Field(description="models in all, on every page")
+    by_agent_count: int = Field(description="agents in all, on every page")
+    next_offset: int | None = Field(
+        description="pass as offset for the next page of by_model and by_agent; null: last")
 
 
 class RequestOut(Schema):
@@ -187,11 +207,18 @@ class TraceOut(Schema):
 
 
 @router.get("/summary", response={200: SummaryOut, **ERRORS})
-def summary(request: HttpRequest, q: Query[Filtering]) -> dict[str, Any]:
-    """Totals for the matching requests, by model, agent and day: `cost --json`'s figures."""
+def summary(request: HttpRequest, q: Query[Breakdowns]) -> dict[str, Any]:
+    """Totals for the matching requests, by model, agent and day: `cost --json`'s figures.
+    The models and agents come `limit` at a time, biggest spend first."""
     label, f = _filters(q)
     qs = reports.events(f)
-    by = {name: reports.breakdown(qs, name) for name in ("model", "agent", "day")}
+    by = {name: reports.breakdown(qs, name, q.limit, q.offset) for name in ("model", "agent")}
+    by["day"] = reports.breakdown(qs, "day")  # one row per day: bounded by the range
+    # Counted only when a page is full: a small ledger's answer costs no more than before.
+    counts = {name: reports.groups(qs, name) if len(by[name]) == q.limit
+              else q.offset + len(by[name]) if by[name] or not q.offset
+              else reports.groups(qs, name) for name in ("model", "agent")}
+    more = any(q.offset + q.limit < n for n in counts.values())
     return {
         "period": label, "since": _iso(f.since), "until": _iso(f.until),
         "filters": f.describe(),
@@ -199,6 +226,8 @@ def summary(request: HttpRequest, q: Query[Filtering]) -> dict[str, Any]:
         "totals": reports.combined(t for _, t in by["day"]).as_json(),
         **{f"by_{name}": [{"key": key, **t.as_json()} for key, t in rows]
            for name, rows in by.items()},
+        **{f"by_{name}_count": n for name, n in counts.items()},
+        "next_offset": q.offset + q.limit if more else None,
     }
 
 

@@ -172,8 +172,8 @@ def finops(label: str, f: reports.Filters) -> View:
     ], sections=[
         Section("cost_per_day", "Cost per day", DAY_COLUMNS, days,
                 Chart("bars", "day", ("cost_usd",), "usd")),
-        breakdown_section(qs, "model", "Top models by spend"),
-        breakdown_section(qs, "agent", "Spend by agent"),
+        breakdown_section(qs, "model", "Top models by spend", total),
+        breakdown_section(qs, "agent", "Spend by agent", total),
         Section("savings_per_day", "Savings over time", [
             Column("day", "Day"), Column("cost_saved_usd", "Saved", "usd"),
             Column("tokens_saved", "Input tokens saved", "int")], days,
@@ -211,7 +211,7 @@ def engineering(label: str, f: reports.Filters) -> View:
                   "pct")),
         Section("errors_by_class", "Errors by status and class", [
             Column("status", "Status"), Column("error_class", "Error class"),
-            Column("requests", "Requests", "int")], error_classes(qs),
+            Column("requests", "Requests", "int")], error_classes(qs, total_errors),
             Chart("hbars", "status", ("requests",)), empty="No errors in this range."),
         efficiency_section(qs),
     ])
@@ -311,13 +311,24 @@ def range_days(f: reports.Filters, found: Iterable[str]) -> list[str]:
     return sorted(days)
 
 
-def breakdown_section(qs: QuerySet[Event], by: str, title: str) -> Section:
-    rows = [totals_row(by, key, t) for key, t in reports.breakdown(qs, by)]
+def breakdown_section(qs: QuerySet[Event], by: str, title: str, total: reports.Totals
+                      ) -> Section:
+    """The reports.TOP biggest by spend, and the rest added up in one last row ("others" says
+    how many it holds): the page, its CSV and its JSON stay the same size however many agents
+    or models clients invent. /v1/telemetry/summary pages through all of them."""
+    top = reports.top(qs, by, total)
+    rows = [totals_row(by, key, t) for key, t in top.rows]
+    note = ""
+    if top.other is not None:
+        rows.append({**totals_row(by, reports.OTHER, top.other), "others": top.others})
+        note = (f"The {len(top.rows)} biggest by spend; the other {top.others:,} are added up "
+                f"as {reports.OTHER}. `tokenpak cost --by-{by} --all` or "
+                f"/v1/telemetry/summary lists every one.")
     return Section(f"by_{by}", title, [
         Column(by, by.capitalize()), Column("requests", "Requests", "int"),
         Column("input_tokens", "In", "int"), Column("output_tokens", "Out", "int"),
         Column("cost_usd", "Cost", "usd"), Column("cost_saved_usd", "Saved", "usd")],
-        rows, Chart("hbars", by, ("cost_usd",), "usd"))
+        rows, Chart("hbars", by, ("cost_usd",), "usd"), note=note)
 
 
 def budgets_section() -> Section:
@@ -473,11 +484,16 @@ def error_rows(qs: QuerySet[Event], f: reports.Filters) -> tuple[list[str], list
 ERRORS = [s for s in Status.values if s not in (Status.OK, Status.CLIENT_CLOSED)]
 
 
-def error_classes(qs: QuerySet[Event]) -> list[dict[str, Any]]:
-    rows = (qs.filter(status__in=ERRORS).order_by().values("status", "error_class")
-            .annotate(n=Count("*")).order_by("-n", "status", "error_class"))
-    return [{"status": r["status"], "error_class": r["error_class"] or "(none)",
-             "requests": r["n"]} for r in rows]
+def error_classes(qs: QuerySet[Event], errors: int) -> list[dict[str, Any]]:
+    """The reports.TOP commonest; the rest (a provider names its error types) as one row."""
+    rows = list(qs.filter(status__in=ERRORS).order_by().values("status", "error_class")
+                .annotate(n=Count("*")).order_by("-n", "status", "error_class")[:reports.TOP])
+    out = [{"status": r["status"], "error_class": r["error_class"] or "(none)",
+            "requests": r["n"]} for r in rows]
+    rest = errors - sum(r["n"] for r in rows)
+    if rest > 0:
+        out.append({"status": reports.OTHER, "error_class": reports.OTHER, "requests": rest})
+    return out
 
 
 def efficiency_section(qs: QuerySet[Event]) -> Section:

@@ -16,8 +16,8 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Count, QuerySet, Sum
-from django.db.models.functions import Coalesce
+from django.db.models import Count, F, QuerySet, Sum
+from django.db.models.functions import Coalesce, Collate
 
 from telemetry.models import NANO, QUARTER_HOUR, Event, PricingSource, QuarterHour
 
@@ -182,14 +182,60 @@ def combined(parts: Iterable[Totals]) -> Totals:
 BREAKDOWNS = {
     "model": "model", "agent": "agent_id", "provider": "provider", "status": "status", "day": "day"
 }
-def breakdown(qs: QuerySet[Event], by: str) -> list[tuple[str, Totals]]:
-    """Totals per model, agent, provider or day; biggest spend first, days in order."""
+# Rows a breakdown shows by default before the rest are added up as one: anyone can send a new
+# X-TokenPak-Agent (or model, or session) with every request, so the number of groups is the
+# client's to choose, and no page, answer or report may grow with it.
+TOP = 20
+OTHER = "(other)"
+
+
+def breakdown(qs: QuerySet[Event], by: str, limit: int | None = None, offset: int = 0
+              ) -> list[tuple[str, Totals]]:
+    """Totals per model, agent, provider or day; biggest spend first, days in order. With a
+    limit, only that many groups from offset, chosen by the database (the rest never leave it).
+    """
     if by == "day":
         return _by_day(qs)
     key = BREAKDOWNS[by]
     rows = qs.order_by().values(key).annotate(**_sums())
+    if limit is not None:
+        # Ties in spend in code point order, as sorted() below orders them, on both databases.
+        name = Collate(key, "C") if connection.vendor == "postgresql" else F(key)
+        rows = rows.order_by("-cost_nano_usd", name)[offset:offset + limit]
     result = [(str(r[key]) if r[key] not in (None, "") else "(none)", _totals(r)) for r in rows]
     return sorted(result, key=lambda kv: (-kv[1].cost_usd, kv[0]))
+
+
+def groups(qs: QuerySet[Event], by: str) -> int:
+    """How many rows breakdown(qs, by) has in all."""
+    return qs.order_by().values(BREAKDOWNS[by]).distinct().count()
+
+
+@dataclass
+class Top:
+    """A breakdown's biggest groups, and the rest added up as one row (when there is a rest)."""
+
+    rows: list[tuple[str, Totals]]
+    others: int = 0  # groups added up in other
+    other: Totals | None = None
+
+
+def top(qs: QuerySet[Event], by: str, total: Totals, n: int = TOP) -> Top:
+    """The n biggest groups by spend and the rest as one: rows and other add up to total."""
+    rows = breakdown(qs, by, limit=n)
+    if len(rows) < n:
+        return Top(rows)
+    count = groups(qs, by)
+    if count <= n:
+        return Top(rows)
+    shown = combined(t for _, t in rows)
+    return Top(rows, count - n, Totals(
+        requests=total.requests - shown.requests,
+        input_tokens=total.input_tokens - shown.input_tokens,
+        output_tokens=total.output_tokens - shown.output_tokens,
+        tokens_saved=total.tokens_saved - shown.tokens_saved,
+        cost_usd=total.cost_usd - shown.cost_usd,
+        cost_saved_usd=total.cost_saved_usd - shown.cost_saved_usd))
 
 
 def _by_day(qs: QuerySet[Event]) -> list[tuple[str, Totals]]:
@@ -221,19 +267,21 @@ def local_day(quarter_hour: int) -> str:
     return datetime.fromtimestamp(int(quarter_hour) * QUARTER_HOUR, tz=zone()).date().isoformat()
 
 
-def distinct_values(column: str) -> list[str]:
-    """Every value of an indexed tp_events column, by hopping through its index from one value
-    to the next (a loose index scan): a few lookups per value, where SELECT DISTINCT reads the
-    whole index on PostgreSQL (0.15 s a column at a million rows)."""
+def distinct_values(column: str, limit: int, start: str = "") -> list[str]:
+    """Up to limit values of an indexed tp_events column, in index order from start on, by
+    hopping through its index from one value to the next (a loose index scan): a few lookups
+    per value, where SELECT DISTINCT reads the whole index on PostgreSQL (0.15 s a column at a
+    million rows). The limit stops the hops: a column can hold as many values as clients send.
+    """
     col = connection.ops.quote_name(Event._meta.get_field(column).column)
     table = connection.ops.quote_name(Event._meta.db_table)
     sql = (
-        f"WITH RECURSIVE v(x) AS (SELECT MIN({col}) FROM {table} UNION ALL "
-        f"SELECT (SELECT MIN({col}) FROM {table} WHERE {col} > v.x) FROM v "
-        f"WHERE v.x IS NOT NULL) SELECT x FROM v WHERE x IS NOT NULL"
+        f"WITH RECURSIVE v(x, n) AS (SELECT MIN({col}), 1 FROM {table} WHERE {col} >= %s "
+        f"UNION ALL SELECT (SELECT MIN({col}) FROM {table} WHERE {col} > v.x), n + 1 FROM v "
+        f"WHERE v.x IS NOT NULL AND n < %s) SELECT x FROM v WHERE x IS NOT NULL"
     )
     with connection.cursor() as cursor:
-        cursor.execute(sql)
+        cursor.execute(sql, [start, limit])
         return [row[0] for row in cursor.fetchall()]
 
 

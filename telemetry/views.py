@@ -29,6 +29,9 @@ from django.views.decorators.http import require_POST
 
 from telemetry import access, charts, dashboard, exporting, reports, traces
 
+# Suggestions in each filter field's list: any client can invent agents and models by the
+# thousand, and every page carries the lists.
+SUGGEST = 100
 NAV = [("overview", "Overview"), ("finops", "FinOps"), ("engineering", "Engineering"),
        ("sessions", "Sessions"), ("compression", "Compression")]
 
@@ -163,15 +166,17 @@ def _respond(request: HttpRequest, view: dashboard.View) -> HttpResponseBase:
         return _bad(request, view.name, f"unknown format {fmt!r}: use csv or json")
     template = "dashboard/_live.html" if request.GET.get("partial") == "live" else \
         "dashboard/view.html"
-    query = {k: v for k, v in dashboard.form_values(request.GET).items() if v}
+    form = dashboard.form_values(request.GET)
+    query = {k: v for k, v in form.items() if v}
     if request.GET.get("limit"):
         query["limit"] = request.GET["limit"]
     return render(request, template, {
         "nav": NAV, "current": view.name, "title": view.title, "view": view,
-        "form": dashboard.form_values(request.GET),
-        # The form suggests the ledger's models and agents (read from their indexes).
-        "models": reports.distinct_values("model"),
-        "agents": [a for a in reports.distinct_values("agent_id") if a],
+        "form": form,
+        # The form suggests the ledger's models and agents (read from their indexes): all of
+        # them up to SUGGEST, else the SUGGEST that follow what the field holds, in order.
+        "models": reports.distinct_values("model", SUGGEST, form["model"]),
+        "agents": [a for a in reports.distinct_values("agent_id", SUGGEST, form["agent"]) if a],
         "cards": [(c, charts.display(c.value, c.kind), _raw(c.value)) for c in view.cards],
         "sections": [_table(s, query) for s in view.sections],
         "query": urlencode(query),

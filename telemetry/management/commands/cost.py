@@ -16,6 +16,9 @@ class Command(BaseCommand):
         by.add_argument("--by-model", dest="by", action="store_const", const="model")
         by.add_argument("--by-agent", dest="by", action="store_const", const="agent")
         by.add_argument("--by-day", dest="by", action="store_const", const="day")
+        parser.add_argument("--all", action="store_true",
+                            help=f"every model or agent; without it, the {reports.TOP} biggest "
+                                 "by spend and the rest added up on one line")
         out = parser.add_mutually_exclusive_group()
         out.add_argument("--json", action="store_true", help="machine-readable output")
         out.add_argument("--export", choices=exporting.FORMATS,
@@ -30,14 +33,22 @@ class Command(BaseCommand):
             exporting.write(qs, options["export"], raw(self.stdout))
             return
         total = reports.totals(qs)
-        rows = reports.breakdown(qs, options["by"]) if options["by"] else []
+        top = reports.Top([])
+        if options["by"] == "day" or (options["by"] and options["all"]):
+            top = reports.Top(reports.breakdown(qs, options["by"]))
+        elif options["by"]:  # clients name agents and models freely: the rest is one line
+            top = reports.top(qs, options["by"], total)
+        rows = top.rows
+        if top.other is not None:
+            rows = [*rows, (f"({top.others:,} others)", top.other)]
         if options["json"]:
             data = {"period": label, "since": f.since and f.since.isoformat(),
                     "until": f.until and f.until.isoformat(), "filters": f.describe(),
                     "totals": total.as_json()}
             if options["by"]:
                 data["by"] = options["by"]
-                data["rows"] = [{"key": key, **t.as_json()} for key, t in rows]
+                data["rows"] = [{"key": key, **t.as_json()} for key, t in top.rows]
+                data["other"] = top.other and {"groups": top.others, **top.other.as_json()}
             self.stdout.write(json.dumps(data, indent=2))
             return
         suffix = f" ({f.describe()})" if f.describe() else ""
