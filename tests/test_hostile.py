@@ -448,14 +448,15 @@ def json_values(name: str, text: str, rows: list[Event], found: list[str]) -> No
 
 
 def xlsx_readings(value: str) -> set[str]:
-    """An XLSX cell cannot hold C0 controls: dropped, replaced or escaped are all fine, as long
-    as no cell is a formula."""
+    """An XLSX cell cannot hold most C0 controls: dropped, replaced or escaped are all fine, as
+    long as no cell is a formula. And XML reads a CR (CRLF too) back as LF."""
     cleaned = {value, ILLEGAL_CHARACTERS_RE.sub("", value),
                ILLEGAL_CHARACTERS_RE.sub("\ufffd", value), shown(value)}
     readings = {spreadsheet_cell(v) for v in cleaned}
     cell = spreadsheet_cell(value)
-    return readings | {ILLEGAL_CHARACTERS_RE.sub("", cell),
-                       ILLEGAL_CHARACTERS_RE.sub("\ufffd", cell), shown(cell)}
+    readings |= {ILLEGAL_CHARACTERS_RE.sub("", cell), ILLEGAL_CHARACTERS_RE.sub("\ufffd", cell),
+                 shown(cell)}
+    return readings | {r.replace("\r\n", "\n").replace("\r", "\n") for r in readings}
 
 
 def xlsx_cells(name: str, content: bytes, rows: list[Event], found: list[str]) -> None:
