@@ -7,7 +7,8 @@ spreadsheet formula starts (= + - @ TAB CR). Each value goes through every door 
 records, against a server of this module's own (uvicorn, as `serve` runs it) and the fake
 provider:
 
-- the request's model (the openai SDK's JSON body),
+- the request's model (a JSON body, sent with httpx: the SDKs write raw UTF-8, which cannot
+  carry a lone surrogate),
 - the model the provider answers with and its error type (the fake's x-fake-model and
   x-fake-error-type, through the anthropic and openai SDKs),
 - X-TokenPak-Agent and X-TokenPak-Session (raw header bytes: only what HTTP carries; uvicorn
