@@ -96,7 +96,8 @@ def hostile_text(draw: st.DrawFn) -> str:
         st.text(st.characters(exclude_categories=()), min_size=1, max_size=10),  # surrogates too
     ), min_size=1, max_size=6))
     text = start + "".join(parts)
-    return text + "m" * LONG if draw(st.integers(0, 7)) == 0 else text
+    # A middle value: hypothesis favours the bounds, and long values should stay a few.
+    return text + "m" * LONG if draw(st.integers(0, 9)) == 7 else text
 
 
 @st.composite
@@ -107,10 +108,10 @@ def header_value(draw: st.DrawFn) -> bytes:
         st.lists(st.sampled_from(ACCEPTED), min_size=1, max_size=12).map(bytes),
     ), min_size=1, max_size=5))
     value = start + b"".join(parts)
-    if draw(st.integers(0, 4)) == 0:  # one byte HTTP cannot carry: uvicorn answers 400
+    if draw(st.integers(0, 4)) == 3:  # one byte HTTP cannot carry: uvicorn answers 400
         at = draw(st.integers(0, len(value)))
         value = value[:at] + bytes([draw(st.sampled_from(REFUSED))]) + value[at:]
-    return value + b"h" * LONG if draw(st.integers(0, 9)) == 0 else value
+    return value + b"h" * LONG if draw(st.integers(0, 9)) == 7 else value
 
 
 @dataclass
