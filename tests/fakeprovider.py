@@ -14,6 +14,11 @@ step on each other:
     header bytes as latin-1; we undo that).
 ``x-fake-usage``
     JSON object deep-merged over the route's default usage.
+``x-fake-model``
+    A JSON string: the model the answer names instead of the request's (JSON, so a
+    test can make the provider answer with NUL, control characters or a lone surrogate).
+``x-fake-error-type``
+    A JSON string: the error type of a ``status=NNN`` answer instead of the usual one.
 ``x-fake-scenario``
     Comma-separated options: ``status=NNN``, ``split=N``, ``crlf``,
     ``delay=S``, ``cut=K``, ``gate``, ``hang``, ``malformed``,
@@ -349,6 +354,7 @@ class _Ctx:
     text: str
     usage_override: dict[str, Any]
     body: dict[str, Any]
+    answer_model: str | None = None  # x-fake-model
 
     @property
     def nl(self) -> str:
@@ -356,6 +362,8 @@ class _Ctx:
 
     @property
     def model(self) -> str:
+        if self.answer_model is not None:
+            return self.answer_model
         model = self.body.get("model")
         return model if isinstance(model, str) else "fake-model"
 
@@ -385,7 +393,14 @@ _Reply = _JsonReply | _StreamReply
 def _dumps(obj: Any) -> str:
     # Compact like the real APIs; raw UTF-8 so split=1 can land inside a
     # multi-byte character, which is exactly what a careless proxy breaks on.
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    if _SURROGATE.search(text):
+        # A lone surrogate has no UTF-8: send it as the "\udc80" escape a provider would.
+        return json.dumps(obj, separators=(",", ":"))
+    return text
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _sse(obj: Any, nl: str, event: str | None = None, content: bool = False) -> _Event:
@@ -435,18 +450,21 @@ def anthropic_error(message: str, type_: str, request_id: str | None = None) -> 
     return body
 
 
-def _status_error(status: int, anthropic: bool, request_id: str) -> _JsonReply:
+def _status_error(
+    status: int, anthropic: bool, request_id: str, error_type: str | None = None
+) -> _JsonReply:
     headers = {"retry-after": "7"} if status == 429 else {}
     message = f"Fake provider error {status}"
     if anthropic:
         default = "api_error" if status >= 500 else "invalid_request_error"
-        payload = anthropic_error(message, _ANTHROPIC_ERRORS.get(status, default), request_id)
+        type_ = error_type if error_type is not None else _ANTHROPIC_ERRORS.get(status, default)
+        payload = anthropic_error(message, type_, request_id)
     else:
         default = ("server_error", None) if status >= 500 else ("invalid_request_error", None)
         type_, code = _OPENAI_ERRORS.get(status, default)
         if status == 529:
             type_ = "overloaded_error"
-        payload = openai_error(message, type_, code)
+        payload = openai_error(message, type_ if error_type is None else error_type, code)
     return _JsonReply(status, payload, headers)
 
 
@@ -938,6 +956,8 @@ class _Handler(BaseHTTPRequestHandler):
             usage_override = json.loads(received.headers.get("x-fake-usage") or "{}")
             if not isinstance(usage_override, dict):
                 raise ValueError("x-fake-usage must be a JSON object")
+            answer_model = _json_string(received.headers, "x-fake-model")
+            error_type = _json_string(received.headers, "x-fake-error-type")
         except ValueError as exc:
             self._write_json(_bad_request(str(exc), anthropic, request_id), ids, _Scenario())
             return
@@ -947,7 +967,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         if scenario.status is not None:
-            self._write_json(_status_error(scenario.status, anthropic, request_id), ids, scenario)
+            reply = _status_error(scenario.status, anthropic, request_id, error_type)
+            self._write_json(reply, ids, scenario)
             return
 
         route = _ROUTES.get((received.method, route_path))
@@ -973,7 +994,8 @@ class _Handler(BaseHTTPRequestHandler):
             )
             return
         ctx = _Ctx(
-            received, n, scenario, _header_text(received.headers), usage_override, body or {}
+            received, n, scenario, _header_text(received.headers), usage_override, body or {},
+            answer_model,
         )
         reply = route(ctx)
         if isinstance(reply, _StreamReply):
@@ -1109,6 +1131,16 @@ def _bad_request(message: str, anthropic: bool, request_id: str) -> _JsonReply:
     if anthropic:
         return _JsonReply(400, anthropic_error(message, "invalid_request_error", request_id))
     return _JsonReply(400, openai_error(message, "invalid_request_error"))
+
+
+def _json_string(headers: dict[str, str], name: str) -> str | None:
+    raw = headers.get(name)
+    if raw is None:
+        return None
+    value = json.loads(raw)
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a JSON string")
+    return value
 
 
 def _header_text(headers: dict[str, str]) -> str:
