@@ -48,7 +48,7 @@ def seed(n: int, days: int = 120, chunk: int = 20_000) -> None:
                "agent_id", "duration_ms", "status", "error_class", "session_id", "endpoint",
                "requested_model", "sent_model", "stream", "upstream_status", "ttfb_ms",
                "usage_source", "input_tokens", "output_tokens", "tokens_saved", "cost_nano_usd",
-               "saved_nano_usd", "compress_ms"]
+               "saved_nano_usd", "compress_ms", "upstream", "failover"]
     us_cols = ["trace_id", "input_tokens", "output_tokens", "tokens_saved", "savings_pct",
                "cache_hit", "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens",
                "reasoning_tokens", "estimated", "saved_estimated"]
@@ -85,7 +85,8 @@ def seed(n: int, days: int = 120, chunk: int = 20_000) -> None:
                            "" if status == "ok" else "rate_limit_error", "", "/v1/x", model,
                            model, stream, 200 if status == "ok" else 429,
                            round(rng.uniform(50, 800), 3), "provider", inp, out, saved, cost,
-                           saved_cost, round(rng.uniform(0.2, 8), 3) if compressed else None))
+                           saved_cost, round(rng.uniform(0.2, 8), 3) if compressed else None,
+                           f"api.{provider}.com:443", ""))
             if saved:
                 hits += [(trace, recipe, rng.randint(1, 5))
                          for recipe in rng.sample(RECIPES, rng.randint(1, 2))]
