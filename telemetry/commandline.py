@@ -66,34 +66,31 @@ class ShownOutput(OutputWrapper):
         super().write(shown_lines(msg), style_func, ending)
 
 
-def _shown(wrapper: OutputWrapper) -> ShownOutput:
-    if isinstance(wrapper, ShownOutput):
-        return wrapper
-    out = ShownOutput(wrapper._out, wrapper.ending)
-    out._style_func = wrapper._style_func  # as set, not through the setter's tty check again
-    return out
+class _Shown:
+    """A command's stdout or stderr attribute: whatever OutputWrapper is set is kept as a
+    ShownOutput writing to the same stream, with the same style."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = f"_shown_{name}"
+
+    def __get__(self, command: Any, owner: type | None = None) -> Any:
+        return self if command is None else getattr(command, self.slot)
+
+    def __set__(self, command: Any, wrapper: OutputWrapper) -> None:
+        if not isinstance(wrapper, ShownOutput):
+            shown = ShownOutput(wrapper._out, wrapper.ending)
+            shown._style_func = wrapper._style_func  # as set, not through the tty check again
+            wrapper = shown
+        setattr(command, self.slot, wrapper)
 
 
 class ReportCommand(BaseCommand):
     """A management command whose text output shows control characters escaped. BaseCommand
     sets stdout and stderr in __init__ and again in execute() (call_command's stdout=): each
-    is made a ShownOutput as it is set."""
+    becomes a ShownOutput as it is set."""
 
-    @property
-    def stdout(self) -> ShownOutput:
-        return self._shown_stdout
-
-    @stdout.setter
-    def stdout(self, wrapper: OutputWrapper) -> None:
-        self._shown_stdout = _shown(wrapper)
-
-    @property
-    def stderr(self) -> ShownOutput:
-        return self._shown_stderr
-
-    @stderr.setter
-    def stderr(self, wrapper: OutputWrapper) -> None:
-        self._shown_stderr = _shown(wrapper)
+    stdout = _Shown()
+    stderr = _Shown()
 
 
 class raw:
