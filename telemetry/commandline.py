@@ -58,7 +58,7 @@ def filters(
 class ShownOutput(OutputWrapper):
     """A command's stdout or stderr for a terminal: model names, agent ids, error texts and
     stored bodies may hold ESC/OSC sequences (clear the screen, retitle the window), CR (forge
-    a line) or bidi overrides; every one is written escaped (`\x1b`). Line feeds stay, for the
+    a line) or bidi overrides; every one is written escaped (`\\x1b`). Line feeds stay, for the
     lines commands lay out; a value inside a line is escaped with shown() where it is placed."""
 
     def write(self, msg: str = "", style_func: Any = None, ending: str | None = None) -> None:
