@@ -89,7 +89,7 @@ def seed(n: int, days: int = 120, chunk: int = 20_000, agents: int = 0) -> None:
                            model, stream, 200 if status == "ok" else 429,
                            round(rng.uniform(50, 800), 3), "provider", inp, out, saved, cost,
                            saved_cost, round(rng.uniform(0.2, 8), 3) if compressed else None,
-                           "", ""))
+                           f"api.{provider}.com:443", ""))
             if saved:
                 hits += [(trace, recipe, rng.randint(1, 5))
                          for recipe in rng.sample(RECIPES, rng.randint(1, 2))]

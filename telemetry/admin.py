@@ -44,6 +44,7 @@ from telemetry.models import (
     Segment,
     Usage,
 )
+from tokenpak_site.text import xlsx_cell
 
 
 @admin.register(ModelPrice)
@@ -401,8 +402,14 @@ class EventResource(resources.ModelResource):
         # of an export's time; the columns are fixed (and have no dehydrate_ methods), so the
         # row is just each field's value.
         if selected_fields:
-            return super().export_resource(instance, selected_fields, **kwargs)
-        return [field.export(instance, **kwargs) for field in self._columns]
+            row = super().export_resource(instance, selected_fields, **kwargs)
+        else:
+            row = [field.export(instance, **kwargs) for field in self._columns]
+        if kwargs.get("force_native_type"):
+            # A spreadsheet file (import-export's binary formats: the XLSX download): text as
+            # cells no spreadsheet runs as a formula, with what XLSX cannot hold escaped.
+            return [xlsx_cell(v) if isinstance(v, str) else v for v in row]
+        return row
 
 
 # --- the request list: read-only detail -------------------------------------------------------

@@ -1,4 +1,6 @@
-"""The report commands' shared flags: a period, dates and filters → (label, reports.Filters)."""
+"""The report commands' shared flags (a period, dates and filters → (label, reports.Filters))
+and their shared output: every command printing ledger values derives from ReportCommand, whose
+stdout and stderr show control characters escaped (tokenpak_site.text)."""
 
 from __future__ import annotations
 
@@ -6,9 +8,10 @@ import argparse
 from typing import Any
 
 from django.conf import settings
-from django.core.management.base import CommandError
+from django.core.management.base import BaseCommand, CommandError, OutputWrapper
 
 from telemetry import reports
+from tokenpak_site.text import shown_lines
 
 LABELS = reports.LABELS
 TELEMETRY_OFF = "Telemetry is off (TOKENPAK_DB=/dev/null): requests are forwarded, none recorded"
@@ -52,14 +55,53 @@ def filters(
         raise CommandError(str(e)) from None
 
 
+class ShownOutput(OutputWrapper):
+    """A command's stdout or stderr for a terminal: model names, agent ids, error texts and
+    stored bodies may hold ESC/OSC sequences (clear the screen, retitle the window), CR (forge
+    a line) or bidi overrides; every one is written escaped (`\\x1b`). Line feeds stay, for the
+    lines commands lay out; a value inside a line is escaped with shown() where it is placed."""
+
+    def write(self, msg: str = "", style_func: Any = None, ending: str | None = None) -> None:
+        # Escaped before styling: the colours Django adds on a terminal are its own.
+        super().write(shown_lines(msg), style_func, ending)
+
+
+class _Shown:
+    """A command's stdout or stderr attribute: whatever OutputWrapper is set is kept as a
+    ShownOutput writing to the same stream, with the same style."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = f"_shown_{name}"
+
+    def __get__(self, command: Any, owner: type | None = None) -> Any:
+        return self if command is None else getattr(command, self.slot)
+
+    def __set__(self, command: Any, wrapper: OutputWrapper) -> None:
+        if not isinstance(wrapper, ShownOutput):
+            shown = ShownOutput(wrapper._out, wrapper.ending)
+            shown._style_func = wrapper._style_func  # as set, not through the tty check again
+            wrapper = shown
+        setattr(command, self.slot, wrapper)
+
+
+class ReportCommand(BaseCommand):
+    """A management command whose text output shows control characters escaped. BaseCommand
+    sets stdout and stderr in __init__ and again in execute() (call_command's stdout=): each
+    becomes a ShownOutput as it is set."""
+
+    stdout = _Shown()
+    stderr = _Shown()
+
+
 class raw:
-    """A file-like view of a command's stdout that adds no newlines (for CSV/JSON streams)."""
+    """A file-like view of a command's stdout that adds no newlines and escapes nothing: CSV
+    and JSON streams are data, written as they are (CSV's own quoting keeps each row one)."""
 
     def __init__(self, wrapper: Any) -> None:
         self._wrapper = wrapper
 
     def write(self, text: str) -> int:
-        self._wrapper.write(text, ending="")
+        OutputWrapper.write(self._wrapper, text, ending="")
         return len(text)
 
 

@@ -3,8 +3,6 @@ what each page shows. Views parse the filters, call, and render or serialise."""
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Callable
 from decimal import Decimal
 from functools import wraps
@@ -230,13 +228,11 @@ def _section_csv(view: dashboard.View, name: str) -> HttpResponse:
         names = ", ".join(s.name for s in view.sections)
         return JsonResponse({"detail": f"no section {name!r} here: use one of {names}"},
                             status=400)
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
     keys = [c.key for c in section.columns]
-    writer.writerow(keys)
-    for r in section.rows:
-        writer.writerow([_raw(r.get(k)) for k in keys])
-    response = HttpResponse(out.getvalue(), content_type="text/csv; charset=utf-8")
+    text = {c.key for c in section.columns if c.kind in ("text", "link")}
+    content = exporting.csv_table(keys, ([_raw(r.get(k)) for k in keys] for r in section.rows),
+                                  text)
+    response = HttpResponse(content, content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = (
         f'attachment; filename="tokenpak-{view.name}-{section.name}.csv"')
     return response

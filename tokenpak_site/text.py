@@ -13,6 +13,9 @@ JSON), and made safe at the few places where a character means something else:
 - `spreadsheet_cell`: a text cell of a CSV or XLSX export. A cell starting with `=`, `+`, `-`,
   `@`, TAB or CR is a formula to Excel and LibreOffice: it gets a leading `'`, as OWASP
   recommends. JSON exports keep the exact value.
+- `xlsx_cell`: a text cell of an XLSX export: spreadsheet_cell's rule, and the characters an
+  XLSX file cannot hold (C0 controls but TAB and LF; CR, which XML reads as LF; U+FFFE, U+FFFF)
+  written as the OOXML escape `_xHHHH_`, which Excel and LibreOffice read back as the character.
 
 Each rule is applied once, where values enter or leave (the ledger writer, the log handlers, the
 commands' output, the export writers), never by each caller. See docs/RELIABILITY.md.
@@ -36,6 +39,13 @@ _UNSHOWABLE = re.compile(
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+# What an XLSX file cannot hold: XML 1.0 forbids most C0 controls (openpyxl refuses them) and
+# reads a CR back as a LF (Excel writes it _x000D_ itself); and a literal `_xHHHH_`, which
+# readers would decode: its underscore is escaped as `_x005F_` (ECMA-376 ST_Xstring).
+_NOT_IN_XLSX = re.compile(
+    "[\x00-\x08\x0b-\x1f\ufffe\uffff\ud800-\udfff]|_(?=x[0-9A-Fa-f]{4}_)"
+)
 
 
 def storable(value: str) -> str:
@@ -71,3 +81,17 @@ def shown_lines(value: str) -> str:
 def spreadsheet_cell(value: str) -> str:
     """value as a CSV or XLSX text cell that no spreadsheet takes for a formula."""
     return "'" + value if value.startswith(FORMULA_STARTS) else value
+
+
+def _ooxml_escape(match: re.Match[str]) -> str:
+    return f"_x{ord(match.group()):04X}_"
+
+
+def xlsx_cell(value: str) -> str:
+    """value as an XLSX text cell: no formula (spreadsheet_cell), and every character XLSX
+    cannot hold as its OOXML escape (ESC → `_x001B_`). openpyxl reads `_x005F_` back as `_`
+    itself and leaves the other escapes as text: openpyxl.utils.escape.unescape decodes them."""
+    value = spreadsheet_cell(value)
+    if value.isprintable() and "_x" not in value:  # nothing to escape: the usual case
+        return value
+    return _NOT_IN_XLSX.sub(_ooxml_escape, value)

@@ -4,7 +4,7 @@ import json
 from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 from django.db import transaction
 
 from budgets import guard, routes
@@ -12,7 +12,7 @@ from budgets.declared import apply
 from budgets.models import Budget, CheapRoute
 from budgets.values import Action, BudgetError, Period, parse_action, parse_limit, parse_pct
 from telemetry import reports
-from telemetry.commandline import telemetry_off
+from telemetry.commandline import ReportCommand, telemetry_off
 
 
 def _scope(parser: CommandParser, *, period_required: bool = False) -> None:
@@ -22,7 +22,7 @@ def _scope(parser: CommandParser, *, period_required: bool = False) -> None:
         periods.add_argument(f"--{p.value}", dest="period", action="store_const", const=p.value)
 
 
-class Command(BaseCommand):
+class Command(ReportCommand):
     help = "Spending limits: set, alert, on-exceeded, status, remove, routes, route."
 
     def add_arguments(self, parser: CommandParser) -> None:

@@ -23,12 +23,13 @@ from typing import Any
 
 import httpx
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from proxy import answers, upstream
 from telemetry import ledger, reports, retention
-from telemetry.commandline import telemetry_off
+from telemetry.commandline import ReportCommand, telemetry_off
 from telemetry.models import Capture, Event
+from tokenpak_site.text import shown
 
 KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 AGENT = "replay"
@@ -63,7 +64,7 @@ class Result:
     answer: str
 
 
-class Command(BaseCommand):
+class Command(ReportCommand):
     help = ("Send a captured request again through TokenPak: `replay list [--last N]`, or "
             "`replay TRACE_ID [--no-compress] [--model M] [--diff]`; the key comes from "
             "OPENAI_API_KEY / ANTHROPIC_API_KEY, since none is ever stored.")
@@ -108,7 +109,7 @@ class Command(BaseCommand):
                           f"{'COST':>11}  BODY")
         for event, how in found:
             self.stdout.write(
-                f"{event.trace_id:<32}  {_time(event.ts):<19}  {event.model or '-':<24} "
+                f"{event.trace_id:<32}  {_time(event.ts):<19}  {shown(event.model or '-'):<24} "
                 f"{event.input_tokens:>9,} {event.output_tokens:>8,} "
                 f"{reports.money(reports.usd(event.cost_nano_usd)):>11}  {how}"
             )
@@ -280,7 +281,7 @@ def _with_model(stored: Stored, model: str) -> bytes:
 def _model(e: Event) -> str:
     requested = (f" (requested {e.requested_model})"
                  if e.requested_model and e.requested_model != e.model else "")
-    return f"{e.model or '-'}{requested}"
+    return shown(f"{e.model or '-'}{requested}")  # one line, whatever the names hold
 
 
 def _status(e: Event | None, status_code: int | None) -> str:

@@ -1,13 +1,14 @@
 import json
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import CommandParser
 
 from telemetry import exporting, reports
-from telemetry.commandline import add_filters, filters, raw, telemetry_off
+from telemetry.commandline import ReportCommand, add_filters, filters, raw, telemetry_off
+from tokenpak_site.text import shown
 
 
-class Command(BaseCommand):
+class Command(ReportCommand):
     help = "What requests cost: a period's totals, optionally by model, agent or day."
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -53,6 +54,9 @@ class Command(BaseCommand):
             return
         suffix = f" ({f.describe()})" if f.describe() else ""
         self.stdout.write(reports.line(label, total) + suffix)
-        width = max((len(key) for key, _ in rows), default=0)
-        for key, t in rows:
+        # A name holding a newline or ESC is escaped before the column is measured: one line a
+        # row, the figures aligned.
+        keys = [shown(key) for key, _ in rows]
+        width = max(map(len, keys), default=0)
+        for key, (_, t) in zip(keys, rows, strict=True):
             self.stdout.write(f"  {key:<{width}}  {reports.summary(t)}")

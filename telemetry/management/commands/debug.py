@@ -11,17 +11,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 from django.db import transaction
 
 from telemetry import reports
-from telemetry.commandline import telemetry_off
+from telemetry.commandline import ReportCommand, telemetry_off
 from telemetry.models import Capture, DebugSwitch
 
 DEFAULT_REQUESTS = 10
 
 
-class Command(BaseCommand):
+class Command(ReportCommand):
     help = ("Capture the next requests whole (bodies before and after compression, recipes, "
             "stages, routing, answer) for `trace` and `replay`: debug on --requests N | off | "
             "status.")

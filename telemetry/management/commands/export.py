@@ -1,13 +1,13 @@
 from pathlib import Path
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from telemetry import exporting, reports
-from telemetry.commandline import add_filters, filters, raw, telemetry_off
+from telemetry.commandline import ReportCommand, add_filters, filters, raw, telemetry_off
 
 
-class Command(BaseCommand):
+class Command(ReportCommand):
     help = "Write ledger rows (with usage and cost) to a CSV or JSON file, streamed in chunks."
 
     def add_arguments(self, parser: CommandParser) -> None:

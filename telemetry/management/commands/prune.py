@@ -15,16 +15,16 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 from django.db import DatabaseError
 
 from telemetry import reports, retention
-from telemetry.commandline import Progress, add_chunk, check_chunk
+from telemetry.commandline import Progress, ReportCommand, add_chunk, check_chunk
 
 _UNITS = {"d": "day", "w": "week", "m": "month"}
 
 
-class Command(BaseCommand):
+class Command(ReportCommand):
     help = "Delete ledger rows older than --days N or --older-than 30d|12w|3m."
 
     def add_arguments(self, parser: CommandParser) -> None:

@@ -12,17 +12,17 @@ import sys
 from typing import Any, TextIO
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 from django.db import DatabaseError
 
 from telemetry import reports, retention
-from telemetry.commandline import Progress, add_chunk, check_chunk
+from telemetry.commandline import Progress, ReportCommand, add_chunk, check_chunk
 from telemetry.models import Event
 
 WHAT = "deletes every ledger row (tp_events, tp_usage, tp_costs, tp_segments, tp_recipe_hits)"
 
 
-class Command(BaseCommand):
+class Command(ReportCommand):
     help = f"Delete all telemetry: --telemetry {WHAT}; prices, settings and users are kept."
     # Tests hand in a terminal-like stdin, as with createsuperuser.
     stealth_options = ("stdin",)

@@ -1,13 +1,13 @@
 import json
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import CommandParser
 
 from telemetry import reports
-from telemetry.commandline import LABELS, telemetry_off
+from telemetry.commandline import LABELS, ReportCommand, telemetry_off
 
 
-class Command(BaseCommand):
+class Command(ReportCommand):
     help = "What TokenPak saved: tokens kept out of requests and what they would have cost."
 
     def add_arguments(self, parser: CommandParser) -> None:

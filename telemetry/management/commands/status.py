@@ -5,14 +5,15 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import CommandParser
 from django.db import DatabaseError
 
 from telemetry import reports, spool
+from telemetry.commandline import ReportCommand
 from telemetry.models import ModelPrice
 
 
-class Command(BaseCommand):
+class Command(ReportCommand):
     help = "Where the ledger is, how big, what it holds, and what TokenPak saved."
 
     def add_arguments(self, parser: CommandParser) -> None:

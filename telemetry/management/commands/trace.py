@@ -1,13 +1,14 @@
 import json
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from telemetry import traces
-from telemetry.commandline import telemetry_off
+from telemetry.commandline import ReportCommand, telemetry_off
+from tokenpak_site.text import shown
 
 
-class Command(BaseCommand):
+class Command(ReportCommand):
     help = ("One request in full: model, timing, status, tokens, what was saved, what it cost; "
             "for a request `debug on` captured, also its bodies, recipes, stages and routing.")
 
@@ -32,5 +33,8 @@ class Command(BaseCommand):
         if options["json"]:
             self.stdout.write(json.dumps(data, indent=2))
             return
+        # Each ledger value on one line (a newline in a model name is escaped, not obeyed); the
+        # captured bodies below their labels keep their lines (escaped by ReportCommand).
+        data = {k: shown(v) if isinstance(v, str) else v for k, v in data.items()}
         for label, value in traces.layout(data):
             self.stdout.write(f"{label + ':':<12}{value}")
