@@ -263,3 +263,36 @@ def test_it_keeps_rows_waiting_instead_of_setting_them_aside_when_no_row_goes_in
     assert sorted(e.model for e in rows(2, timeout=30)) == ["gpt-4o", "gpt-4o-mini"]
     assert not (home / "spool" / "rejected.ndjson").exists()
     wait_for(lambda: "FAILING" not in status_text(home), timeout=30)
+
+
+def test_it_settles_budgets_once_for_each_written_part_of_a_split_batch(refuse, start_server,
+                                                                        rows, tmp_path):
+    """Spend is the ledger's sum: the parts of a split batch settle their own rows once, the
+    row stored in plain ASCII counts, the row set aside counts nowhere; no hold outlives its
+    request."""
+    from budgets import guard
+    from budgets.models import Hold, Spend
+    from telemetry import reports
+    from tests.test_budget_guard import ASK, budget, claude, usage
+
+    budget("100", "warn")
+    budget("100", "warn", period="daily", agent="coder")
+    refuse(REFUSED[connection.vendor])
+    server = start_server(home=tmp_path / "home", TOKENPAK_FLUSH_SECONDS="3")
+    for model in ("claude-sonnet-4-6", "claude-sonnet-4-6-\u00e9", "refused-by-the-database",
+                  "claude-haiku-4-5", "claude-sonnet-4-6"):
+        claude(server).messages.create(
+            model=model, max_tokens=100, messages=ASK,
+            extra_headers=usage(input_tokens=10, output_tokens=1000) | {
+                "x-tokenpak-agent": "coder"})
+    events = rows(4)
+    assert sorted(e.model for e in events) == sorted(
+        ["claude-sonnet-4-6", "claude-sonnet-4-6-?", "claude-haiku-4-5", "claude-sonnet-4-6"])
+    total = sum(e.cost_nano_usd for e in events)
+    assert total > 0
+    month = Spend.objects.get(agent="", period="monthly",
+                              period_start=reports.period("month")[0].timestamp())
+    today = Spend.objects.get(agent="coder", period="daily",
+                              period_start=reports.period("today")[0].timestamp())
+    assert month.spent_nano == today.spent_nano == total
+    wait_for(lambda: not Hold.objects.exclude(trace_id__startswith=guard.LEASE_PREFIX).exists())
