@@ -324,8 +324,8 @@ class LedgerWriter:
             where = str(spool.set_aside(directory, {"reason": reason, **kept}))
         except OSError as e:
             where = f"nowhere: {e}; it is lost"
-        writer_log.error("ledger: the database refused the row of %s even with its text "
-                         "cleaned (%s); the other rows are written. It is set aside in %s",
+        writer_log.error("ledger: the row of %s cannot be written, even with its text "
+                         "cleaned (%s); the other rows are. It is set aside in %s",
                          trace_id, reason, where)
 
     def _release(self, entry: _Entry) -> None:

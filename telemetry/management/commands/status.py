@@ -120,8 +120,8 @@ def _spool_line(owner: dict[str, Any]) -> str:
 
 def _set_aside_line(kept: dict[str, Any]) -> str:
     n = kept["rows"]
-    return (f"Ledger:     {reports.count(n)} {'row' if n == 1 else 'rows'} set aside: the "
-            f"database refused {'it' if n == 1 else 'them'} even with text cleaned (last: "
+    return (f"Ledger:     {reports.count(n)} {'row' if n == 1 else 'rows'} set aside, "
+            f"that could not be written even with text cleaned (last: "
             f"{shown(kept['last_reason'])}); kept in {kept['file']}, not in the ledger.")
 
 
