@@ -239,7 +239,7 @@ def test_it_sets_aside_a_row_the_database_refuses_and_writes_the_rest_of_its_bat
     assert rejected["w"][0]["model"] == "refused-by-the-database"
     assert "refused by a trigger" in rejected["reason"]
     log = (home / "tokenpak.log").read_text()
-    assert log.count("ERROR") == 1 and "set aside" in log and "refused by a trigger" in log
+    assert log.count(" ERROR ") == 1 and "set aside" in log and "refused by a trigger" in log
     report = status_text(home)
     assert "1 row set aside" in report and "refused by a trigger" in report
     assert "FAILING" not in report and "waiting" not in report
