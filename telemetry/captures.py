@@ -23,6 +23,7 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import F
 
 from telemetry.models import Capture, DebugSwitch, Status
+from tokenpak_site.text import storable
 
 if TYPE_CHECKING:
     from telemetry.ledger import Record
@@ -84,7 +85,7 @@ def take(records: list[Record]) -> int:
             picked = wanted[: switch.remaining]
             Capture.objects.bulk_create([capture(r) for r in picked])
             DebugSwitch.objects.filter(pk=1).update(remaining=F("remaining") - len(picked))
-    except DatabaseError as e:
+    except (DatabaseError, ValueError) as e:  # ValueError: a value no driver can encode
         log.error("debug capture of %d requests failed, ledger rows kept: %s", len(wanted), e)
         return 0
     return len(picked)
@@ -127,5 +128,5 @@ def _default_route_note(r: Record) -> str:
 
 def _text(value: bytes | str) -> str:
     text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-    # PostgreSQL text cannot hold NUL; a body that has one is broken anyway.
-    return text.replace("\x00", "\ufffd")
+    # PostgreSQL text cannot hold NUL, no driver a lone surrogate (an answer's "\udc80").
+    return storable(text)

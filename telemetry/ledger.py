@@ -24,10 +24,11 @@ from types import SimpleNamespace
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, connection, models, transaction
+from django.db import InterfaceError, OperationalError, connection, models, transaction
 
 from budgets import guard
 from telemetry import captures, pricing, retention, spool
+from telemetry.columns import Columns
 from telemetry.models import (
     NANO,
     Cost,
@@ -192,7 +193,10 @@ class LedgerWriter:
             self.spool.close()
 
     def _run(self) -> None:
-        self._write_stopped_processes_rows()
+        try:
+            self._write_stopped_processes_rows()
+        except Exception:  # a bug must not cost the rows of the requests to come
+            writer_log.exception("ledger: the rows a stopped process left could not be written")
         while True:
             first = self._queue.get()
             batch: list[Record] = [] if not isinstance(first, Record) else [first]
@@ -209,7 +213,10 @@ class LedgerWriter:
                     if isinstance(item, Record):  # None, a flush() marker: the batch goes now
                         batch.append(item)
             if batch:
-                self._write(batch)
+                try:
+                    self._write(batch)
+                except Exception:  # never the writer thread's end: the next batch is written
+                    writer_log.exception("ledger: %d rows were lost to an error", len(batch))
             self._done(len(batch))
 
     def _done(self, n: int) -> None:
@@ -218,44 +225,136 @@ class LedgerWriter:
             self._idle.notify_all()
 
     def _write(self, batch: list[Record]) -> None:
-        rows = []
+        entries = []
         for r in batch:
-            rows.append(row := _rows(r))
-            _log_request(r, *row[:3])
+            entry = self._entry(r)
+            if entry is not None:
+                entries.append(entry)
+                _log_request(r, *entry.rows[:3])
             # This thread shares the GIL with the event loop: give it back between rows, so a
             # request waits for one row's work at most, never for a whole batch's.
             time.sleep(0)
-        events = [SimpleNamespace(**row[0]) for row in rows]  # for guard.settle()
+        todo = [entries] if entries else []
         for attempt in range(3):
             try:
-                with transaction.atomic(), connection.cursor() as cursor:
-                    _insert(cursor, rows)
-                    # Budget spend moves with the rows, in the same transaction.
-                    grown = guard.settle(batch, events)
-                    captures.take(batch)
-                break
-            except DatabaseError as e:
+                self._land(todo)
+                return
+            except UNAVAILABLE as e:
                 error = e
                 connection.close()
                 if attempt < 2:
                     time.sleep(0.2 * (attempt + 1))
-        else:
-            self._outage(batch, rows, error)
-            return
+        self._outage([entry for part in todo for entry in part], error)
+
+    def _entry(self, r: Record) -> _Entry | None:
+        """The record's rows, made storable; None when none could be made (set aside)."""
+        try:
+            return _Entry(_storable(_rows(r)), r, r.spool_seq)
+        except Exception as e:  # a bug, or a value nothing expected: this row only
+            writer_log.exception("ledger: no row could be made of %s", r.trace_id)
+            self._set_aside({"r": _facts(r)}, e, r.trace_id)
+            guard.forget([r])
+            if self.spool is not None and r.spool_seq:
+                self.spool.done([r.spool_seq])
+            return None
+
+    def _land(self, todo: list[list[_Entry]]) -> int:
+        """Commit these parts of a batch, each in its transaction with its budget settlement;
+        returns how many rows went in. A part the database refuses for its values (anything
+        but UNAVAILABLE) is split in two until the row at fault is alone: that one is tried
+        again with plain text, and at worst set aside, so every other row lands.
+
+        Raises UNAVAILABLE (the database takes nothing now): `todo` then holds the parts not
+        written yet, for the outage path."""
+        written = 0
+        while todo:
+            part = todo[-1]
+            try:
+                self._commit(part)
+            except UNAVAILABLE:
+                raise
+            except Exception as e:  # DataError, IntegrityError, UnicodeEncodeError, …
+                if len(part) > 1:
+                    todo.pop()
+                    middle = len(part) // 2
+                    todo += [part[middle:], part[:middle]]  # the first half goes first
+                else:
+                    written += self._alone(part[0], e)
+                    todo.pop()
+                continue
+            todo.pop()
+            written += len(part)
+        return written
+
+    def _commit(self, part: list[_Entry]) -> None:
+        records = [e.record for e in part]
+        rows = [e.rows for e in part]
+        with transaction.atomic(), connection.cursor() as cursor:
+            _insert(cursor, rows)
+            # Budget spend moves with the rows, in the same transaction: a part that is rolled
+            # back settles nothing, a part that commits settles its own rows, once.
+            grown = guard.settle(records, [SimpleNamespace(**row[0]) for row in rows])
+            captures.take(records)
         if self.spool is not None:
-            self.spool.done([r.spool_seq for r in batch if r.spool_seq])
+            self.spool.done([e.seq for e in part if e.seq])
         _notify(grown)
 
-    def _outage(self, batch: list[Record], rows: list[Rows], error: DatabaseError) -> None:
+    def _alone(self, entry: _Entry, error: Exception) -> int:
+        """One row the database refused: with its text in plain ASCII, or set aside."""
+        trace_id = entry.rows[0]["trace_id"]
+        try:
+            self._commit([_Entry(_plain(entry.rows), entry.record, entry.seq)])
+        except UNAVAILABLE:
+            raise
+        except Exception as again:
+            if not _takes_rows():  # not this row's fault: the database takes none (no table…)
+                raise OperationalError(f"the database takes no row: {_why(again)}") from again
+            self._set_aside({"held": bool(entry.record.held), "w": entry.rows}, again, trace_id)
+            self._release(entry)
+            return 0
+        writer_log.warning("ledger: the database refused the row of %s (%s): it is stored "
+                           "with its text in plain ASCII", trace_id, _why(error))
+        return 1
+
+    def _set_aside(self, kept: dict[str, Any], error: Exception, trace_id: Any) -> None:
+        directory = (self.spool.directory if self.spool is not None
+                     else Path(settings.TOKENPAK_HOME) / "spool")
+        reason = _why(error)
+        try:
+            where = str(spool.set_aside(directory, {"reason": reason, **kept}))
+        except OSError as e:
+            where = f"nowhere: {e}; it is lost"
+        writer_log.error("ledger: the row of %s cannot be written, even with its text "
+                         "cleaned (%s); the other rows are. It is set aside in %s",
+                         trace_id, reason, where)
+
+    def _release(self, entry: _Entry) -> None:
+        """A row set aside: its budget holds and lease reservations go, its cost counts
+        nowhere (spend stays the ledger's sum); its spool line goes."""
+        r = entry.record
+        event = entry.rows[0]
+        mine = SimpleNamespace(trace_id=event["trace_id"], agent_id=event.get("agent_id", ""),
+                               held=r.held, leases=r.leases)
+        try:
+            with transaction.atomic():
+                guard.settle([mine], [])
+        except Exception as e:  # held for hold_ttl() at worst, as for a killed request
+            writer_log.error("ledger: the budget holds of %s stay until they expire (%s)",
+                             event["trace_id"], _why(e))
+            guard.forget([r])
+        if self.spool is not None and entry.seq:
+            self.spool.done([entry.seq])
+
+    def _outage(self, entries: list[_Entry], error: Exception) -> None:
         """The database refuses rows. Requests go on being forwarded; their rows go to the
         spool (or memory, when the disk is full too) and in when the database takes them."""
         since = time.time()
         writer_log.error("ledger: the database refused %d rows (%s). Requests are still "
                          "forwarded; their rows wait in the spool and are written when the "
-                         "database is back.", len(rows), str(error).strip())
+                         "database is back.", len(entries), str(error).strip())
         # Their reservations are no longer in flight: the rows will settle only their cost.
-        guard.forget(batch)
-        kept = [(r.held, row) for r, row in zip(batch, rows, strict=True)]
+        guard.forget([e.record for e in entries])
+        kept = [(bool(e.record.held), e.rows) for e in entries]
         pause, said = 0.5, since
         while True:
             with self._lock:  # no request joins the closed files or the queue meanwhile
@@ -265,10 +364,11 @@ class LedgerWriter:
             drained = 0
             while (item := self._queue.get()) is not mark:
                 if isinstance(item, Record):
-                    row = _rows(item)
-                    _log_request(item, *row[:3])
-                    guard.forget([item])
-                    kept.append((item.held, row))
+                    entry = self._entry(item)
+                    if entry is not None:
+                        _log_request(item, *entry.rows[:3])
+                        guard.forget([item])
+                        kept.append((item.held, entry.rows))
                     drained += 1
                     time.sleep(0)
             if kept:
@@ -284,7 +384,7 @@ class LedgerWriter:
             try:
                 written = self._replay(paths)
                 break
-            except DatabaseError as e:
+            except UNAVAILABLE as e:
                 error = e
                 connection.close()
             if time.time() - said >= 60:  # loud, not a line per retry
@@ -301,16 +401,17 @@ class LedgerWriter:
 
     def _replay(self, paths: list[Path]) -> int:
         """Write the rows kept in memory, then those in these spool files, skipping any the
-        database holds already. Raises DatabaseError when it refuses them."""
-        written = _insert_new(self._stranded)
+        database holds already. Raises UNAVAILABLE when it takes nothing; a line or a row it
+        refuses is set aside."""
+        written = self._insert_new(self._stranded)
         self._stranded = []
         chunk: list[tuple[bool, Rows]] = []
-        for held, row in replayable(paths):
+        for held, row in replayable(paths, self._set_aside):
             chunk.append((held, row))
             if len(chunk) >= settings.LEDGER_BATCH_SIZE:
-                written += _insert_new(chunk)
+                written += self._insert_new(chunk)
                 chunk = []
-        return written + _insert_new(chunk)
+        return written + self._insert_new(chunk)
 
     def _write_stopped_processes_rows(self) -> None:
         """Rows a killed process left in the spool: written before any new ones."""
@@ -325,7 +426,7 @@ class LedgerWriter:
                 continue
             try:
                 written = self._replay(owner.files)
-            except DatabaseError as e:
+            except Exception as e:  # UNAVAILABLE, or a bug: the files stay for the next start
                 connection.close()
                 os.close(fd)
                 writer_log.error("ledger: the rows a stopped process left in the spool could "
@@ -336,8 +437,80 @@ class LedgerWriter:
                 writer_log.warning("ledger: wrote %d rows a stopped process (%s) left in the "
                                    "spool", written, owner.name)
 
+    def _insert_new(self, entries: list[tuple[bool, Rows]]) -> int:
+        """Insert the rows the database does not hold yet (a kill -9 can come after the commit
+        and before the spool was emptied); settle their cost against the budgets. Returns how
+        many. Raises UNAVAILABLE when the database takes nothing."""
+        if not entries:
+            return 0
+        fresh: dict[str, _Entry] = {}
+        for held, row in entries:
+            row = _storable(row)
+            event = row[0]
+            fresh[event["trace_id"]] = _Entry(row, SimpleNamespace(
+                trace_id=event["trace_id"], agent_id=event["agent_id"], held=held, leases=[],
+                original_body=b""))
+        there = Event.objects.filter(trace_id__in=list(fresh)).values_list("trace_id", flat=True)
+        for trace_id in there:
+            del fresh[trace_id]
+        return self._land([list(fresh.values())]) if fresh else 0
+
 
 Rows = tuple[dict, dict, dict, list[dict], list[dict]]
+
+# The database takes no writes at all (down, locked, disk full): the rows wait and go in when it
+# is back. Anything else is about the rows themselves: the rows at fault are found and set apart.
+UNAVAILABLE = (OperationalError, InterfaceError)
+
+
+@dataclass
+class _Entry:
+    """One request's rows on their way in; `record` is what budget settlement and captures
+    read (the Record, or for a replayed row the little they need)."""
+
+    rows: Rows
+    record: Any
+    seq: int = 0  # the spool file holding its `r` line
+
+
+def _why(error: BaseException) -> str:
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"[:300]
+
+
+def _takes_rows() -> bool:
+    """Whether the database takes a plain row now (inserted, then rolled back): a row is set
+    aside only when the fault is its own."""
+    probe = _rows(Record(trace_id=new_trace_id(), provider="", event_type="", endpoint="",
+                         ts=time.time()))
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            _insert(cursor, [probe])
+            transaction.set_rollback(True)
+    except Exception:
+        return False
+    return True
+
+
+def _storable(row: Rows) -> Rows:
+    """The rows with every value one its column takes (telemetry.columns), in place."""
+    event, usage, cost, segments, hits = row
+    _EVENTS.columns.fit(event)
+    _USAGE.columns.fit(usage)
+    _COSTS.columns.fit(cost)
+    for s in segments:
+        _SEGMENTS.columns.fit(s)
+    for h in hits:
+        _RECIPE_HITS.columns.fit(h)
+    return row
+
+
+def _plain(row: Rows) -> Rows:
+    """A copy of the rows with their text in printable ASCII: the last try before setting
+    them aside."""
+    event, usage, cost, segments, hits = row
+    return (_EVENTS.columns.plain(event), _USAGE.columns.plain(usage),
+            _COSTS.columns.plain(cost), [_SEGMENTS.columns.plain(s) for s in segments],
+            [_RECIPE_HITS.columns.plain(h) for h in hits])
 
 
 def _insert(cursor: Any, rows: list[Rows]) -> None:
@@ -349,29 +522,6 @@ def _insert(cursor: Any, rows: list[Rows]) -> None:
         (_RECIPE_HITS, [h for row in rows for h in row[4]]),
     ):
         table.insert(cursor, values)
-
-
-def _insert_new(entries: list[tuple[bool, Rows]]) -> int:
-    """Insert the rows the database does not hold yet (a kill -9 can come after the commit and
-    before the spool was emptied); settle their cost against the budgets. Returns how many."""
-    if not entries:
-        return 0
-    fresh: dict[str, tuple[bool, Rows]] = {}
-    for held, row in entries:
-        fresh[row[0]["trace_id"]] = (held, row)
-    with transaction.atomic(), connection.cursor() as cursor:
-        there = Event.objects.filter(trace_id__in=list(fresh)).values_list("trace_id", flat=True)
-        for trace_id in there:
-            del fresh[trace_id]
-        if not fresh:
-            return 0
-        rows = [row for _, row in fresh.values()]
-        _insert(cursor, rows)
-        records = [SimpleNamespace(trace_id=row[0]["trace_id"], agent_id=row[0]["agent_id"],
-                                   held=held, leases=[]) for held, row in fresh.values()]
-        grown = guard.settle(records, [SimpleNamespace(**row[0]) for row in rows])
-    _notify(grown)
-    return len(rows)
 
 
 def _notify(grown: dict) -> None:
@@ -392,6 +542,10 @@ _FACTS = ("trace_id", "provider", "event_type", "endpoint", "ts", "agent_id", "s
 
 
 def _facts_line(r: Record) -> bytes:
+    return json.dumps({"r": _facts(r)}, separators=(",", ":")).encode() + b"\n"
+
+
+def _facts(r: Record) -> dict[str, Any]:
     facts: dict[str, Any] = {k: getattr(r, k) for k in _FACTS}
     if r.usage is not None:
         facts["usage"] = vars(r.usage)
@@ -401,7 +555,7 @@ def _facts_line(r: Record) -> bytes:
         facts["request_body"] = r.request_body
     if r.response_body is not None:
         facts["response_body"] = r.response_body
-    return json.dumps({"r": facts}, separators=(",", ":")).encode() + b"\n"
+    return facts
 
 
 def _rows_line(held: bool, row: Rows) -> bytes:
@@ -422,27 +576,43 @@ class _Replayed:
         return Savings()
 
 
-def replayable(paths: list[Path]) -> Iterator[tuple[bool, Rows]]:
+def replayable(paths: list[Path], set_aside: Callable[[dict, Exception, Any], None],
+               ) -> Iterator[tuple[bool, Rows]]:
     """(held, rows) for every request in these spool files: its `w` line when there is one,
-    else rows rebuilt from its `r` line."""
-    finished = {e["w"][0]["trace_id"] for e in spool.lines(paths) if "w" in e}
+    else rows rebuilt from its `r` line. A line no rows can be made of goes to `set_aside`
+    (the line, why, its trace id), never stopping the others."""
+    finished = {spool.trace_id(e) for e in spool.lines(paths) if "w" in e} - {None}
     for entry in spool.lines(paths):
-        if "w" in entry:
-            event, usage, cost, segments, hits = entry["w"]
-            event["created_at"] = datetime.fromtimestamp(event["ts"], tz=UTC)
-            cost["cost_usd"] = Decimal(cost["cost_usd"])
-            cost["cost_saved_usd"] = Decimal(cost["cost_saved_usd"])
-            yield bool(entry.get("held")), (event, usage, cost, segments, hits)
-        elif "r" in entry and entry["r"].get("trace_id") not in finished:
-            facts = dict(entry["r"])
-            usage = facts.pop("usage", None)
-            compressed = facts.pop("compression", None)
-            r = Record(**facts)
-            r.usage = TokenUsage(**usage) if usage is not None else None
-            if compressed is not None:
-                r.compression = _Replayed(compressed["recipes"],
-                                          [tuple(s) for s in compressed["stages"]])
-            yield r.held, _rows(r)
+        if "r" in entry and spool.trace_id(entry) in finished:
+            continue
+        if "r" not in entry and "w" not in entry:
+            continue
+        try:
+            yield _replayed(entry)
+        except Exception as e:  # an old version's line, a damaged one: this one only
+            set_aside({"line": entry}, e, spool.trace_id(entry))
+
+
+def _replayed(entry: dict[str, Any]) -> tuple[bool, Rows]:
+    if "w" in entry:
+        event, usage, cost, segments, hits = entry["w"]
+        if not (isinstance(event.get("trace_id"), str) and event["trace_id"]):
+            raise ValueError("the line names no trace id")
+        event["created_at"] = datetime.fromtimestamp(float(event["ts"]), tz=UTC)
+        cost["cost_usd"] = Decimal(str(cost["cost_usd"]))
+        cost["cost_saved_usd"] = Decimal(str(cost["cost_saved_usd"]))
+        return bool(entry.get("held")), (event, usage, cost, list(segments), list(hits))
+    facts = dict(entry["r"])
+    usage = facts.pop("usage", None)
+    compressed = facts.pop("compression", None)
+    r = Record(**facts)
+    if not (isinstance(r.trace_id, str) and r.trace_id):
+        raise ValueError("the line names no trace id")
+    r.usage = TokenUsage(**usage) if usage is not None else None
+    if compressed is not None:
+        r.compression = _Replayed(compressed["recipes"],
+                                  [tuple(s) for s in compressed["stages"]])
+    return bool(r.held), _rows(r)
 
 
 def _rows(r: Record) -> Rows:
@@ -458,6 +628,7 @@ def _rows(r: Record) -> Rows:
         usage, source = TokenUsage(), UsageSource.NONE
     elif usage.estimated:
         source = UsageSource.ESTIMATED
+    usage = _counted(usage)
 
     model = r.model or r.sent_model or r.requested_model
     cost_usd = Decimal("0")
@@ -484,24 +655,24 @@ def _rows(r: Record) -> Rows:
                 writer_log.exception("savings could not be counted for %s", r.trace_id)
     event = dict(
         trace_id=r.trace_id,
-        request_id=r.request_id[:128],
+        request_id=r.request_id,
         event_type=r.event_type,
         ts=r.ts,
         created_at=datetime.fromtimestamp(r.ts, tz=UTC),
         provider=r.provider,
-        model=model[:128],
-        agent_id=r.agent_id[:128],
+        model=model,
+        agent_id=r.agent_id,
         duration_ms=round(r.duration_ms, 3),
         status=r.status,
         error_class=r.error_class,
-        session_id=r.session_id[:128],
-        endpoint=r.endpoint[:255],
-        requested_model=r.requested_model[:128],
-        sent_model=r.sent_model[:128],
+        session_id=r.session_id,
+        endpoint=r.endpoint,
+        requested_model=r.requested_model,
+        sent_model=r.sent_model,
         stream=r.stream,
         upstream_status=r.upstream_status,
-        upstream=r.upstream[:255],
-        failover=r.failover[:512],
+        upstream=r.upstream,
+        failover=r.failover,
         ttfb_ms=None if r.ttfb_ms is None else round(r.ttfb_ms, 3),
         usage_source=source,
         compress_ms=round(sum(ms for _, ms in r.compression.stages), 3)
@@ -533,15 +704,31 @@ def _rows(r: Record) -> Rows:
         cost_usd=cost_usd,
         cost_saved_usd=saved_usd,
         pricing_source=pricing_source,
-        priced_as=priced_as[:128],
+        priced_as=priced_as,
     )
     segments = [
         dict(trace_id=r.trace_id, segment_type=kind, tokens_raw=raw, tokens_after=after)
         for kind, (raw, after) in sorted(kinds.items())
     ]
-    fired = [dict(trace_id=r.trace_id, recipe=name[:64], hits=n)
+    fired = [dict(trace_id=r.trace_id, recipe=name, hits=n)
              for name, n in sorted(hits.items())]
     return event, usage_row, cost_row, segments, fired
+
+
+def _counted(usage: TokenUsage) -> TokenUsage:
+    """The counts as tp_usage holds them (absurd ones clamped to their columns), so that the
+    cost is the price of what the ledger shows, and reports can still sum it."""
+    counts = (usage.input_tokens, usage.output_tokens, usage.cache_read_tokens,
+              usage.cache_write_tokens, usage.cache_write_1h_tokens, usage.reasoning_tokens)
+    try:
+        if _TOKENS[0] <= min(counts) and max(counts) <= _TOKENS[1]:
+            return usage  # every provider's counts: nothing to fit
+    except TypeError:  # a spool line's count that is no number
+        pass
+    given = vars(usage)
+    fitted = dict(given)
+    _USAGE.columns.fit(fitted)
+    return TokenUsage(**{k: v for k, v in fitted.items() if k in given})
 
 
 def _log_request(r: Record, event: dict, usage: dict, cost: dict) -> None:
@@ -575,6 +762,7 @@ class _Insert:
         self.names = [f.attname for f in self.fields]
         self.defaults = [f.get_default() for f in self.fields]
         self.stamps = [i for i, f in enumerate(self.fields) if isinstance(f, models.DateTimeField)]
+        self.columns = Columns(self.fields)
         self.sql = ""
 
     def insert(self, cursor: Any, rows: list[dict]) -> None:
@@ -597,6 +785,7 @@ class _Insert:
 
 _EVENTS, _USAGE, _COSTS = _Insert(Event), _Insert(Usage), _Insert(Cost)
 _SEGMENTS, _RECIPE_HITS = _Insert(Segment), _Insert(RecipeHit)
+_TOKENS = _USAGE.columns.limits("input_tokens")  # every count column is an IntegerField
 
 writer = LedgerWriter()
 

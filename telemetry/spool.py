@@ -12,6 +12,8 @@ Each serving process appends JSON lines to its own files in $TOKENPAK_HOME/spool
   (compression savings, the token estimate of a cut stream).
 
 A file holds lines until every request in it is in the database; then it is emptied or deleted.
+A row the database refuses even with its text cleaned, or a line no row can be made of, is set
+aside in ``rejected.ndjson`` (0600): one JSON line each, with the reason; `status` counts them.
 Each process holds an flock on its ``.state`` file for as long as it lives, and keeps its state
 there (in step, or failing since when and why: `status` reads it). A state file nobody holds is a
 stopped process's, and the next process that serves claims it and writes what its files hold.
@@ -36,6 +38,8 @@ log = logging.getLogger("tokenpak.ledger")
 
 SEGMENT_BYTES = 4 * 1024 * 1024  # a file this big takes no more lines: the next one starts
 STATE_BYTES = 1024
+# Not *.jsonl: no process owns it, and nothing replays it.
+REJECTED = "rejected.ndjson"
 
 
 @dataclass
@@ -203,15 +207,47 @@ def lines(paths: list[Path]) -> Iterator[dict[str, Any]]:
                 yield entry
 
 
+def trace_id(entry: dict[str, Any]) -> str | None:
+    """The trace id a line is about; None for a line too broken to say."""
+    try:
+        found = entry["r"]["trace_id"] if "r" in entry else entry["w"][0]["trace_id"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return found if isinstance(found, str) else None
+
+
 def count(paths: list[Path]) -> int:
     """Requests in these files (an upper bound: the writer may have committed some already)."""
-    ids = set()
-    for e in lines(paths):
-        if "r" in e:
-            ids.add(e["r"].get("trace_id"))
-        elif "w" in e:
-            ids.add(e["w"][0].get("trace_id"))
-    return len(ids)
+    return len({trace_id(e) for e in lines(paths)})
+
+
+def set_aside(directory: Path, entry: dict[str, Any]) -> Path:
+    """Keep a row (or a line) the ledger cannot take, with why, where `status` finds it.
+    Raises OSError when the disk takes nothing."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = directory / REJECTED
+    data = json.dumps({"at": time.time(), **entry}, separators=(",", ":"), default=str)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.write(fd, data.encode() + b"\n")
+    finally:
+        os.close(fd)
+    return path
+
+
+def set_aside_so_far(directory: Path) -> tuple[int, str]:
+    """How many rows were set aside here, and the last one's reason."""
+    path = directory / REJECTED
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return 0, ""
+    found = data.splitlines()
+    try:
+        last = json.loads(found[-1]).get("reason", "") if found else ""
+    except (ValueError, AttributeError):
+        last = ""
+    return len(found), str(last)
 
 
 def files_of(directory: Path, name: str) -> list[Path]:

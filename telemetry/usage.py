@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -77,6 +78,6 @@ def _int(value: object) -> int:
         return 0
     if isinstance(value, int):
         return max(0, value)
-    if isinstance(value, float):
-        return max(0, int(value))
+    if isinstance(value, float):  # 1e400 is valid JSON: inf, which no int holds
+        return max(0, int(value)) if math.isfinite(value) else 0
     return 0

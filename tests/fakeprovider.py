@@ -14,11 +14,10 @@ step on each other:
     header bytes as latin-1; we undo that).
 ``x-fake-usage``
     JSON object deep-merged over the route's default usage.
-``x-fake-model``
-    A JSON string: the model the answer names instead of the request's (JSON, so a
-    test can make the provider answer with NUL, control characters or a lone surrogate).
-``x-fake-error-type``
-    A JSON string: the error type of a ``status=NNN`` answer instead of the usual one.
+``x-fake-model``, ``x-fake-error-type``
+    A JSON string the answer names as its model (instead of the request's) or
+    as its error type (in ``status=NNN`` answers and ``stream_error`` events):
+    JSON, so that a header can carry a NUL or a lone surrogate.
 ``x-fake-scenario``
     Comma-separated options: ``status=NNN``, ``split=N``, ``crlf``,
     ``delay=S``, ``cut=K``, ``gate``, ``hang``, ``malformed``,
@@ -354,7 +353,6 @@ class _Ctx:
     text: str
     usage_override: dict[str, Any]
     body: dict[str, Any]
-    answer_model: str | None = None  # x-fake-model
 
     @property
     def nl(self) -> str:
@@ -362,10 +360,12 @@ class _Ctx:
 
     @property
     def model(self) -> str:
-        if self.answer_model is not None:
-            return self.answer_model
         model = self.body.get("model")
-        return model if isinstance(model, str) else "fake-model"
+        return _header_json(self.req.headers, "x-fake-model",
+                            model if isinstance(model, str) else "fake-model")
+
+    def error_type(self, default: str) -> str:
+        return _header_json(self.req.headers, "x-fake-error-type", default)
 
 
 @dataclass
@@ -394,13 +394,10 @@ def _dumps(obj: Any) -> str:
     # Compact like the real APIs; raw UTF-8 so split=1 can land inside a
     # multi-byte character, which is exactly what a careless proxy breaks on.
     text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
-    if _SURROGATE.search(text):
-        # A lone surrogate has no UTF-8: send it as the "\udc80" escape a provider would.
+    if not text.isascii() and re.search("[\ud800-\udfff]", text):
+        # A lone surrogate has no UTF-8: escaped (\udc80), as a JSON encoder sends it.
         return json.dumps(obj, separators=(",", ":"))
     return text
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _sse(obj: Any, nl: str, event: str | None = None, content: bool = False) -> _Event:
@@ -450,21 +447,20 @@ def anthropic_error(message: str, type_: str, request_id: str | None = None) -> 
     return body
 
 
-def _status_error(
-    status: int, anthropic: bool, request_id: str, error_type: str | None = None
-) -> _JsonReply:
+def _status_error(status: int, anthropic: bool, request_id: str,
+                  error_type: Callable[[str], str] = str) -> _JsonReply:
     headers = {"retry-after": "7"} if status == 429 else {}
     message = f"Fake provider error {status}"
     if anthropic:
         default = "api_error" if status >= 500 else "invalid_request_error"
-        type_ = error_type if error_type is not None else _ANTHROPIC_ERRORS.get(status, default)
-        payload = anthropic_error(message, type_, request_id)
+        payload = anthropic_error(message, error_type(_ANTHROPIC_ERRORS.get(status, default)),
+                                  request_id)
     else:
         default = ("server_error", None) if status >= 500 else ("invalid_request_error", None)
         type_, code = _OPENAI_ERRORS.get(status, default)
         if status == 529:
             type_ = "overloaded_error"
-        payload = openai_error(message, type_ if error_type is None else error_type, code)
+        payload = openai_error(message, error_type(type_), code)
     return _JsonReply(status, payload, headers)
 
 
@@ -546,7 +542,8 @@ def _openai_chat(ctx: _Ctx) -> _Reply:
             events.append(
                 _sse(
                     openai_error(
-                        "The server had an error while processing your request.", "server_error"
+                        "The server had an error while processing your request.",
+                        ctx.error_type("server_error"),
                     ),
                     nl,
                 )
@@ -770,7 +767,8 @@ def _anthropic_messages(ctx: _Ctx) -> _Reply:
         }
         events.append(_sse(delta, nl, "content_block_delta", content=i == 0))
         if ctx.scenario.stream_error:
-            events.append(_sse(anthropic_error("Overloaded", "overloaded_error"), nl, "error"))
+            events.append(_sse(anthropic_error("Overloaded", ctx.error_type("overloaded_error")),
+                               nl, "error"))
             return _StreamReply(events)
     events.append(_sse({"type": "content_block_stop", "index": 0}, nl, "content_block_stop"))
     if ctx.scenario.tool_call:
@@ -956,8 +954,6 @@ class _Handler(BaseHTTPRequestHandler):
             usage_override = json.loads(received.headers.get("x-fake-usage") or "{}")
             if not isinstance(usage_override, dict):
                 raise ValueError("x-fake-usage must be a JSON object")
-            answer_model = _json_string(received.headers, "x-fake-model")
-            error_type = _json_string(received.headers, "x-fake-error-type")
         except ValueError as exc:
             self._write_json(_bad_request(str(exc), anthropic, request_id), ids, _Scenario())
             return
@@ -967,8 +963,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         if scenario.status is not None:
-            reply = _status_error(scenario.status, anthropic, request_id, error_type)
-            self._write_json(reply, ids, scenario)
+            def error_type(default: str) -> str:
+                return _header_json(received.headers, "x-fake-error-type", default)
+
+            self._write_json(_status_error(scenario.status, anthropic, request_id, error_type),
+                             ids, scenario)
             return
 
         route = _ROUTES.get((received.method, route_path))
@@ -994,8 +993,7 @@ class _Handler(BaseHTTPRequestHandler):
             )
             return
         ctx = _Ctx(
-            received, n, scenario, _header_text(received.headers), usage_override, body or {},
-            answer_model,
+            received, n, scenario, _header_text(received.headers), usage_override, body or {}
         )
         reply = route(ctx)
         if isinstance(reply, _StreamReply):
@@ -1133,14 +1131,9 @@ def _bad_request(message: str, anthropic: bool, request_id: str) -> _JsonReply:
     return _JsonReply(400, openai_error(message, "invalid_request_error"))
 
 
-def _json_string(headers: dict[str, str], name: str) -> str | None:
+def _header_json(headers: dict[str, str], name: str, default: Any) -> Any:
     raw = headers.get(name)
-    if raw is None:
-        return None
-    value = json.loads(raw)
-    if not isinstance(value, str):
-        raise ValueError(f"{name} must be a JSON string")
-    return value
+    return default if raw is None else json.loads(raw)
 
 
 def _header_text(headers: dict[str, str]) -> str:

@@ -11,6 +11,7 @@ from django.db import DatabaseError
 from telemetry import reports, spool
 from telemetry.commandline import ReportCommand
 from telemetry.models import ModelPrice
+from tokenpak_site.text import shown
 
 
 class Command(ReportCommand):
@@ -31,6 +32,8 @@ class Command(ReportCommand):
             return
         for owner in data["spool"]:
             w(_spool_line(owner))
+        if data["set_aside"]["rows"]:
+            w(_set_aside_line(data["set_aside"]))
         if "unavailable" in data:
             w(f"Telemetry:  on, ledger {data['database']}: UNAVAILABLE ({data['unavailable']})")
             raise SystemExit(1)  # for scripts and monitors: the ledger cannot be read
@@ -68,11 +71,15 @@ class Command(ReportCommand):
         }
         if not settings.TELEMETRY_ENABLED:
             return data
+        directory = Path(settings.TOKENPAK_HOME) / "spool"
         data["spool"] = [
             {"process": o.name, "running": o.alive, "waiting": o.waiting(),
              "failing_since": o.state.get("failing_since"), "error": o.state.get("error", "")}
-            for o in spool.owners(Path(settings.TOKENPAK_HOME) / "spool")
+            for o in spool.owners(directory)
             if o.state.get("failing_since") or (not o.alive and o.files)]
+        rows, reason = spool.set_aside_so_far(directory)
+        data["set_aside"] = {"rows": rows, "file": str(directory / spool.REJECTED),
+                             "last_reason": reason}
         try:
             return data | self.ledger(full)
         except DatabaseError as e:
@@ -110,6 +117,13 @@ def _spool_line(owner: dict[str, Any]) -> str:
                 f"{owner['process']}) and go in when the database takes them.")
     return (f"Ledger:     {reports.count(n)} rows waiting in the spool of a stopped process "
             f"({owner['process']}); the next start of the server writes them.")
+
+
+def _set_aside_line(kept: dict[str, Any]) -> str:
+    n = kept["rows"]
+    return (f"Ledger:     {reports.count(n)} {'row' if n == 1 else 'rows'} set aside, "
+            f"that could not be written even with text cleaned (last: "
+            f"{shown(kept['last_reason'])}); kept in {kept['file']}, not in the ledger.")
 
 
 def _when(ts: float | None) -> str | None:
