@@ -24,7 +24,7 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
 from budgets import guard
 from budgets.guard import Verdict
-from proxy import answers, auth, compression, footer, limits, upstream
+from proxy import answers, auth, compression, footer, intake, limits, upstream
 from proxy.providers import OPENAI, Provider, StreamTap
 from proxy.sse import EventSplitter
 from telemetry.ledger import Record, new_trace_id, record
@@ -109,10 +109,9 @@ async def forward(request: HttpRequest, route: Route) -> HttpResponse:
     headers = _upstream_headers(request, rec)
 
     try:
-        body = request.body
-    except RequestDataTooBig:
-        limit = settings.MAX_BODY_BYTES // (1024 * 1024)
-        return _refuse(rec, provider, 413, f"Request body is larger than {limit} MB.")
+        body = await _read_body(request)
+    except (RequestDataTooBig, intake.TooLarge):
+        return _refuse(rec, provider, 413, intake.too_large_message())
     if route.billable and body:  # a debug capture may keep it: references, no copies
         rec.method, rec.path, rec.headers = request.method or "", request.get_full_path(), headers
         rec.original_body = body
@@ -132,7 +131,7 @@ async def forward(request: HttpRequest, route: Route) -> HttpResponse:
     elif route.requires_model:
         return _refuse(rec, provider, 400, "Request body must be a JSON object with a model.")
     if settings.STORE_PROMPTS:
-        rec.request_body = request.body.decode("utf-8", "replace")
+        rec.request_body = body.decode("utf-8", "replace")
 
     rewrite = False
     if route.compress and payload is not None:
@@ -363,6 +362,13 @@ async def _read(response: httpx.Response) -> bytes:
 @lru_cache(maxsize=16)
 def _netloc(base_url: str) -> str:
     return urlsplit(base_url).netloc
+
+
+async def _read_body(request: HttpRequest) -> bytes:
+    """Only now, after the checks that need no body: proxy/intake.py."""
+    if isinstance(request, intake.ProxyRequest):
+        return await request.read_body(settings.MAX_BODY_BYTES)
+    return request.body  # a request Django's handler read (RequestDataTooBig past the limit)
 
 
 def _upstream_headers(request: HttpRequest, rec: Record) -> list[tuple[str, str]]:
