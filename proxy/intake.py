@@ -46,8 +46,7 @@ def declared_length(scope: Scope) -> int | None:
     return None
 
 
-def has_body(scope: Scope) -> bool:
-    declared = declared_length(scope)
+def has_body(scope: Scope, declared: int | None) -> bool:
     if declared is not None:
         return declared > 0
     return any(name == b"transfer-encoding" for name, _ in scope["headers"])
@@ -68,15 +67,15 @@ class ProxyRequest(ASGIRequest):
         self._receive = receive
         self._on_body = on_body
         self._received: bytes | None = None
+        self._declared = declared_length(scope)
         # True while part of a body is still on the connection: the handler closes it then.
-        self.unread = has_body(scope)
+        self.unread = has_body(scope, self._declared)
 
     async def read_body(self, limit: int) -> bytes:
         """The whole body; TooLarge past `limit` bytes, Gone if the client left meanwhile."""
         if self._received is not None:
             return self._received
-        declared = declared_length(self.scope)
-        if declared is not None and declared > limit:
+        if self._declared is not None and self._declared > limit:
             raise TooLarge
         # BytesIO, not a list joined at the end: getvalue() hands over its buffer without a
         # copy, so a body at the limit takes the limit once, not twice.
@@ -114,7 +113,7 @@ def guard(scope: Scope, receive: Receive) -> tuple[str | None, Receive]:
     declared = declared_length(scope)
     if declared is not None:
         return (too_large_message() if declared > limit else None), receive
-    if not has_body(scope):
+    if not has_body(scope, declared):
         return None, receive
     size = 0
 
