@@ -6,8 +6,11 @@ Through real sockets against the production server; the server's memory is read 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import socket
+import struct
+import termios
 import threading
 from pathlib import Path
 
@@ -15,6 +18,7 @@ import httpx
 import pytest
 from django.conf import settings
 
+from tests.conftest import wait_for
 from tests.live import LiveServer
 from tests.test_proxy_auth import HEADER, make_token, no_rows
 
@@ -160,3 +164,53 @@ def test_it_refuses_a_page_body_over_the_limit_before_django_reads_it(server, fa
                           content=(b"x" * MB for _ in range(40)))
     assert response.status_code == 413
     assert httpx.get(server.url + "/admin/login/").status_code == 200
+
+
+def unsent(conn: socket.socket) -> int:
+    """Bytes written to conn that the server's side has not acknowledged yet (Linux)."""
+    return struct.unpack("I", fcntl.ioctl(conn.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+
+
+def test_it_answers_small_requests_while_a_big_one_is_compressed(start_server, fake, rows):
+    server = start_server()
+    prose = "The build printed this line, and then the same line again, for a long while. \n"
+    text = prose * (MB // len(prose))
+    body = json.dumps({"model": "gpt-4o-mini", "messages": [
+        {"role": "user", "content": f"file {k}:\n{text}"} for k in range(30)]}).encode()
+    assert chat(server).status_code == 200  # warm
+    before = reset_peak(server)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=120) as conn:
+        conn.sendall(head("/v1/chat/completions", f"content-length: {len(body)}", "x-test: big")
+                     + body[:-1])
+        # Everything but the last byte is in: the server has read it (a request through its event
+        # loop after the socket is drained shows it), and holds an incomplete body.
+        wait_for(lambda: unsent(conn) == 0)
+        assert chat(server).status_code == 200
+        conn.sendall(body[-1:])  # now the big body is whole: parsed and compressed from here on
+        answered_first = chat(server, "while the big one is compressed").status_code == 200
+        began = [h for h in fake.started if h.get("x-test") == "big"]
+        status, _, _ = answer(conn)
+    assert status == 200
+    # The small request went through the server and the provider and came back before the big
+    # one even began to go upstream: on the event loop, its compression held everyone up.
+    assert answered_first and not began
+    [big] = [r for r in fake.log if r.headers.get("x-test") == "big"]
+    assert len(big.body) < len(body)  # compressed all the same
+    assert [e.status for e in rows(4)] == ["ok"] * 4
+    # Bounded by copies of the body: as received, parsed, compressed, re-encoded (str and bytes),
+    # and the compressed texts kept for the next turn (not 50 times it, as below).
+    assert memory(server, "VmHWM") - before < 12 * len(body)
+
+
+def test_it_counts_a_body_of_one_repeated_character_in_bounded_memory(start_server, fake, rows):
+    server = start_server()
+    assert chat(server).status_code == 200  # warm: the tokenizer is loaded with the first count
+    rows(1)
+    before = reset_peak(server)
+    response = chat(server, "a" * (30 * MB))
+    assert response.status_code == 200
+    # The ledger writer counted its tokens (tiktoken took 30 s and 1.5 GB on such a run)…
+    [_, event] = rows(2, timeout=60)
+    assert event.status == "ok" and event.usage.tokens_saved == 0
+    # …and the server never held more than a few copies of the body.
+    assert memory(server, "VmHWM") - before < 8 * 30 * MB
