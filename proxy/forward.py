@@ -11,7 +11,8 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import Any, TypeVar
@@ -24,7 +25,7 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
 from budgets import guard
 from budgets.guard import Verdict
-from proxy import answers, auth, compression, footer, limits, upstream
+from proxy import answers, auth, compression, footer, intake, limits, upstream
 from proxy.providers import OPENAI, Provider, StreamTap
 from proxy.sse import EventSplitter
 from telemetry.ledger import Record, new_trace_id, record
@@ -33,6 +34,15 @@ from tokenpak_site.logs import redact_headers
 
 T = TypeVar("T")
 log = logging.getLogger("tokenpak.requests")
+
+# The CPU work on a body this big (parsing, compressing, re-encoding it) runs on a worker thread:
+# on the event loop, a 30 MB body held every other request up for seconds. Smaller ones stay on
+# the loop, where a few milliseconds of work cost less than the hop to a thread and back.
+INLINE_BODY_BYTES = 256 * 1024
+# Not the loop's default executor, which the footer's pricing and Django share. Under the GIL
+# more threads would not be faster; a few keep a big body from queueing behind a bigger one.
+_worker = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tokenpak-body")
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 # Never forwarded upstream: connection-level headers, what httpx sets itself, cookies for
 # 127.0.0.1, the client's local addresses, and TokenPak's own X-TokenPak-* controls.
@@ -109,14 +119,14 @@ async def forward(request: HttpRequest, route: Route) -> HttpResponse:
     headers = _upstream_headers(request, rec)
 
     try:
-        body = request.body
-    except RequestDataTooBig:
-        limit = settings.MAX_BODY_BYTES // (1024 * 1024)
-        return _refuse(rec, provider, 413, f"Request body is larger than {limit} MB.")
+        body = await _read_body(request)
+    except (RequestDataTooBig, intake.TooLarge):
+        return _refuse(rec, provider, 413, intake.too_large_message())
     if route.billable and body:  # a debug capture may keep it: references, no copies
         rec.method, rec.path, rec.headers = request.method or "", request.get_full_path(), headers
         rec.original_body = body
 
+    big = len(body) > INLINE_BODY_BYTES
     payload: Any = None
     # JSON-only endpoints read the body as JSON whatever a hand-written curl says it is (curl -d
     # sends application/x-www-form-urlencoded). A body that is not JSON gets 400, not 415: both
@@ -124,7 +134,8 @@ async def forward(request: HttpRequest, route: Route) -> HttpResponse:
     # SDKs raise as BadRequestError, and the same Content-Type with a JSON body is taken here,
     # so what is wrong is the body.
     if body and (route.json_body or _is_json(request)):
-        payload, problem = _parse(body, route.requires_model, _sent_as(request))
+        payload, problem = await _work(rec, big, _parse, body, route.requires_model,
+                                       _sent_as(request))
         if problem:
             return _refuse(rec, provider, 400, problem)
         rec.requested_model = rec.sent_model = str(payload.get("model") or "")
@@ -132,7 +143,7 @@ async def forward(request: HttpRequest, route: Route) -> HttpResponse:
     elif route.requires_model:
         return _refuse(rec, provider, 400, "Request body must be a JSON object with a model.")
     if settings.STORE_PROMPTS:
-        rec.request_body = request.body.decode("utf-8", "replace")
+        rec.request_body = body.decode("utf-8", "replace")
 
     rewrite = False
     if route.compress and payload is not None:
@@ -141,7 +152,7 @@ async def forward(request: HttpRequest, route: Route) -> HttpResponse:
         )
         if problem:
             return _refuse(rec, provider, 400, problem)
-        outcome = compression.compress(provider.name, payload, profile)
+        outcome = await _work(rec, big, compression.compress, provider.name, payload, profile)
         rec.compression = outcome
         if outcome.changed:
             payload, rewrite = outcome.payload, True
@@ -165,8 +176,7 @@ async def forward(request: HttpRequest, route: Route) -> HttpResponse:
     if provider is OPENAI and rec.stream and route.event_type == "chat.completions":
         strip_usage = _ask_for_usage(payload)
     if rewrite or strip_usage:
-        # Compact, as the SDKs send it: whitespace between JSON tokens is bytes on the wire.
-        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+        body = await _work(rec, big, _encode, payload, big)
 
     query = "?" + request.META["QUERY_STRING"] if request.META.get("QUERY_STRING") else ""
     pool = upstream.upstream()
@@ -365,6 +375,13 @@ def _netloc(base_url: str) -> str:
     return urlsplit(base_url).netloc
 
 
+async def _read_body(request: HttpRequest) -> bytes:
+    """Only now, after the checks that need no body: proxy/intake.py."""
+    if isinstance(request, intake.ProxyRequest):
+        return await request.read_body(settings.MAX_BODY_BYTES)
+    return request.body  # a request Django's handler read (RequestDataTooBig past the limit)
+
+
 def _upstream_headers(request: HttpRequest, rec: Record) -> list[tuple[str, str]]:
     headers: list[tuple[str, str]] = []
     for raw_name, raw_value in request.scope["headers"]:  # type: ignore[attr-defined]
@@ -413,6 +430,28 @@ def _sent_as(request: HttpRequest) -> str:
         return ""
     # The client's own words: shortened, like anything of a request's that may be logged.
     return f" This endpoint takes a JSON body; it was sent as {declared[:64]}."
+
+
+async def _work(rec: Record, big: bool, fn: Callable[..., T], *args: Any) -> T:
+    """fn(*args): inline for a small body, on the worker thread for a big one. A client that
+    leaves meanwhile gets its row; the work runs to its end (a thread is not interrupted)."""
+    if not big:
+        return fn(*args)
+    try:
+        return await asyncio.get_running_loop().run_in_executor(_worker, partial(fn, *args))
+    except asyncio.CancelledError:
+        rec.finish(Status.CLIENT_CLOSED)
+        record(rec)
+        raise
+
+
+def _encode(payload: Any, big: bool) -> bytes:
+    # Compact, as the SDKs send it: whitespace between JSON tokens is bytes on the wire.
+    if not big:
+        return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    # json.dumps is one C call that holds the GIL throughout (0.1 to 0.5 s for 30 MB, the event
+    # loop waiting); iterencode makes the same bytes piece by piece, letting it in between.
+    return "".join(_ENCODER.iterencode(payload)).encode()
 
 
 def _loads(data: bytes) -> Any:

@@ -16,23 +16,26 @@ the request and re-raise), as Django ≥ 5.0 does.
 
 Added: absurd URLs and headers (proxy/limits.py) get 414 or 431 on every path, as uvicorn
 does not refuse them: in the provider's shape with a ledger row on the proxy routes (their
-view checks), in plain text before Django on the others.
+view checks), in plain text before Django on the others. Bodies likewise (proxy/intake.py): a
+proxy route's view reads its body itself, after the token, URL and header checks, never past
+settings.MAX_BODY_BYTES; on the other paths a body over it gets 413 before Django reads it.
+A request answered before its body was read has its connection closed: reading the rest would
+be the cost the early answer avoids.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from django.core.exceptions import DisallowedHost
-from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpResponse, HttpResponseBase
 from django.urls import Resolver404, get_resolver
 
-from proxy import limits
+from proxy import intake, limits
+from proxy.intake import ProxyRequest
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -45,10 +48,6 @@ PREFIXES = ("/v1/", "/openai/v1/", "/anthropic/v1/")
 # The telemetry REST API shares /v1 with OpenAI's paths but is Django's: it needs the session
 # and auth middleware this path skips.
 DJANGO_PREFIXES = ("/v1/telemetry/",)
-
-
-class _Gone(Exception):
-    """The client disconnected before its request body was complete."""
 
 
 class ProxyFirst:
@@ -67,8 +66,23 @@ class ProxyFirst:
             await _send(HttpResponse(message, status=status, content_type="text/plain"), send)
         elif scope["type"] == "lifespan":
             await self.lifespan(receive, send)
+        elif scope["type"] == "http":
+            await self.page(scope, receive, send)
         else:
             await self.django(scope, receive, send)
+
+    async def page(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Django's paths, with a body over the limit refused before Django spools it to disk."""
+        too_large, bounded = intake.guard(scope, receive)
+        if too_large is None:
+            try:
+                await self.django(scope, bounded, send)
+                return
+            except intake.TooLarge:  # raised while Django read the body: nothing was sent yet
+                too_large = intake.too_large_message()
+        response = HttpResponse(too_large, status=413, content_type="text/plain")
+        response["Connection"] = "close"
+        await _send(response, send)
 
     async def lifespan(self, receive: Receive, send: Send) -> None:
         """uvicorn ends a worker by re-raising SIGTERM once its connections are done, so
@@ -84,14 +98,10 @@ class ProxyFirst:
                 return
 
     async def proxy(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            body = await _read_body(receive)
-        except _Gone:
-            return
-        request = ASGIRequest(scope, io.BytesIO(body))
         task = asyncio.current_task()
         assert task is not None
         state = {"finished": False, "gone": False}
+        listeners: list[asyncio.Task] = []
 
         def on_disconnect(listener: asyncio.Task) -> None:
             # After the last byte went out some servers report a disconnect: not a cancel.
@@ -99,28 +109,27 @@ class ProxyFirst:
                 state["gone"] = True
                 task.cancel()
 
-        listener = asyncio.create_task(_disconnected(receive))
-        listener.add_done_callback(on_disconnect)
+        def listen() -> None:
+            # Only once the view has the whole body: until then receive() is the body's.
+            listener = asyncio.create_task(_disconnected(receive))
+            listener.add_done_callback(on_disconnect)
+            listeners.append(listener)
+
+        request = ProxyRequest(scope, receive, on_body=listen)
         try:
             response = await _respond(request)
+            if request.unread:  # answered without its body (refused): do not read the rest
+                response["Connection"] = "close"
             await _send(response, send)
             state["finished"] = True
+        except intake.Gone:
+            return  # the client left while sending its body: no one to answer
         except asyncio.CancelledError:
             if not state["gone"]:
                 raise  # the server is stopping, not the client leaving
         finally:
-            listener.cancel()
-
-
-async def _read_body(receive: Receive) -> bytes:
-    parts = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _Gone
-        parts.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(parts)
+            for listener in listeners:
+                listener.cancel()
 
 
 async def _disconnected(receive: Receive) -> bool:
@@ -128,7 +137,7 @@ async def _disconnected(receive: Receive) -> bool:
     return message["type"] == "http.disconnect"
 
 
-async def _respond(request: ASGIRequest) -> HttpResponseBase:
+async def _respond(request: ProxyRequest) -> HttpResponseBase:
     try:
         request.get_host()
     except DisallowedHost:
@@ -140,7 +149,7 @@ async def _respond(request: ASGIRequest) -> HttpResponseBase:
     request.resolver_match = match
     try:
         return await match.func(request, *match.args, **match.kwargs)
-    except asyncio.CancelledError:
+    except (asyncio.CancelledError, intake.Gone):
         raise
     except Exception:
         log.exception("Internal Server Error: %s", request.path)

@@ -148,6 +148,9 @@ class FakeProvider:
     def __init__(self) -> None:
         self.url: str = ""
         self.log: list[Received] = []
+        # Each request's headers as soon as they arrive, before its body: when a request *began*
+        # to reach the provider (log has it once its body is whole).
+        self.started: list[dict[str, str]] = []
         self.release = threading.Event()
         self.sent_last = threading.Event()
         self.client_gone = threading.Event()
@@ -194,6 +197,7 @@ class FakeProvider:
     def reset(self) -> None:
         with self._lock:
             self.log.clear()
+            self.started.clear()
         self.release.clear()
         self.sent_last.clear()
         self.client_gone.clear()
@@ -900,6 +904,8 @@ class _Handler(BaseHTTPRequestHandler):
         return self.server.provider
 
     def _handle(self) -> None:
+        with self.provider._lock:
+            self.provider.started.append({k.lower(): v for k, v in self.headers.items()})
         body = self._read_body()
         headers: dict[str, str] = {}
         for name, value in self.headers.items():

@@ -10,6 +10,10 @@ goes out byte-identical to last time and the provider's prompt cache keeps hitti
 memoised per prefix (a hash chain over the messages), so re-sent history costs a hash and a
 lookup; only new messages are compressed.
 
+Bounded: a text over MAX_TEXT_CHARS goes out as it came (its repeats still become references),
+and the lock guards only the shared memo, never the work itself, so a big request compressed on
+a worker thread (proxy/forward.py) never makes a small one on the event loop wait for it.
+
 Only user text and tool results change. System prompts, assistant turns (tool calls, thinking),
 images, documents and every key other than the text itself pass through as they came. A request
 whose shape is not understood goes out unchanged.
@@ -37,7 +41,7 @@ from proxy.compression.recipes import (
     State,
     index_lines,
 )
-from proxy.compression.segments import CODE, KINDS, TOOL, segmentize
+from proxy.compression.segments import CODE, KINDS, PROSE, TOOL, segmentize
 
 __all__ = ["PROFILES", "Outcome", "Piece", "RecipeError", "compress", "parse_profile"]
 
@@ -45,6 +49,9 @@ log = logging.getLogger("tokenpak.compression")
 
 # A text this long that an earlier message already carried is replaced by a reference.
 DEDUP_MIN_CHARS = 300
+# Longer texts are not compressed: a regular expression holds the GIL for a whole text (some
+# 60 ms a MB here, every thread waiting), and a MB of text is about 250,000 tokens already.
+MAX_TEXT_CHARS = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -108,8 +115,7 @@ def compress(provider: str, payload: dict[str, Any], profile: str) -> Outcome:
     if profile == "off" or not isinstance(messages, list) or not messages:
         return outcome
     try:
-        with _lock:
-            return _compress(provider, payload, messages, profile, outcome)
+        return _compress(provider, payload, messages, profile, outcome)
     except Exception:  # never fail a request for compression's sake: send it as it came
         log.exception("compression failed; the request is forwarded unchanged")
         return Outcome(profile=profile, payload=payload, skipped="compression error")
@@ -143,36 +149,43 @@ class _Timer:
 def _compress(
     provider: str, payload: dict, messages: list, profile: str, outcome: Outcome
 ) -> Outcome:
-    rules = _rules(profile)
+    with _lock:
+        rules = _rules(profile)
+        version = _version
     slots_of = _anthropic_slots if provider == "anthropic" else _openai_slots
     timer = _Timer()
     t = time.perf_counter()
     # The provider is part of the key: the same messages have different text slots in each
     # shape (tool_result blocks are Anthropic's, role tool is OpenAI's).
-    chain = hash((provider, profile, _version))
+    chain = hash((provider, profile, version))
     chains: list[int] = []
     nodes: list[_Node] = []
     state: State | None = None
     for i, message in enumerate(messages):
         chain = hash((chain, _fingerprint(message)))
         chains.append(chain)
-        node = _memo.get(chain)
+        with _lock:
+            node = _memo.get(chain)
+            if node is not None:
+                _memo.move_to_end(chain)
         if node is not None:
-            _memo.move_to_end(chain)
             if state is not None:  # after a miss every prefix is new; only a hash twin lands here
                 state.apply(node.delta)
         else:
             if state is None:
                 t = timer.add("reuse", t)
                 state = _state_before(chains, nodes)
+            # Outside the lock: the State is this request's own, the rules are read only. Two
+            # requests with the same new message both compress it, to the same result.
             node = _process(i, message, slots_of, rules, state, timer)
             _remember(chain, node)
             t = time.perf_counter()
         nodes.append(node)
     if state is not None:
-        _tips[chains[-1]] = state
-        while len(_tips) > _MAX_TIPS:
-            _tips.popitem(last=False)
+        with _lock:
+            _tips[chains[-1]] = state
+            while len(_tips) > _MAX_TIPS:
+                _tips.popitem(last=False)
     else:
         timer.add("reuse", t)
 
@@ -217,6 +230,7 @@ def _one_text(
     hits: Counter[str], timer: _Timer, t: float,
 ) -> tuple[str, float]:
     i, state = ctx.message, ctx.state
+    whole = len(text) > MAX_TEXT_CHARS  # not compressed, so not cut into segments either
     # Stage 1, dedup: the whole text was already sent in an earlier message.
     if len(text) >= DEDUP_MIN_CHARS:
         key = hash(text)
@@ -228,13 +242,16 @@ def _one_text(
             what = "tool output" if tool else "text"
             ref = f"[TokenPak: identical to the {what} in message {seen} above]"
             t = timer.add("dedup", t)
-            parts = segmentize(text, tool)
+            parts = [(TOOL if tool else PROSE, text)] if whole else segmentize(text, tool)
             t = timer.add("segmentize", t)
             pieces.append(Piece(i, parts[0][0], parts[0][1], ref))
             pieces.extend(Piece(i, kind, seg, "") for kind, seg in parts[1:])
             hits["repeat-output"] += 1
             return ref, t
     t = timer.add("dedup", t)
+    if whole:
+        pieces.append(Piece(i, TOOL if tool else PROSE, text, text))  # counted, as it is sent
+        return text, t
     # Stage 2: segments.
     parts = segmentize(text, tool)
     t = timer.add("segmentize", t)
@@ -261,7 +278,8 @@ def _state_before(chains: list[int], nodes: list[_Node]) -> State:
     """The State after the known prefix: the previous request's, or rebuilt from the memo."""
     if not nodes:
         return State()
-    state = _tips.pop(chains[len(nodes) - 1], None)
+    with _lock:
+        state = _tips.pop(chains[len(nodes) - 1], None)
     if state is None:
         state = State()
         for node in nodes:
@@ -417,8 +435,11 @@ def _rules(profile: str) -> _Rules:
 
 def _remember(chain: int, node: _Node) -> None:
     global _memo_size
-    _memo[chain] = node
-    _memo_size += node.size
-    while _memo_size > MEMO_CHARS and len(_memo) > 1:
-        _, old = _memo.popitem(last=False)
-        _memo_size -= old.size
+    with _lock:
+        if (twin := _memo.pop(chain, None)) is not None:  # compressed meanwhile by another
+            _memo_size -= twin.size
+        _memo[chain] = node
+        _memo_size += node.size
+        while _memo_size > MEMO_CHARS and len(_memo) > 1:
+            _, old = _memo.popitem(last=False)
+            _memo_size -= old.size

@@ -29,7 +29,7 @@ def count(text: str, encoding: str) -> int:
         if n is not None:
             _counts.move_to_end(key)
             return n
-    n = len(tokens.encoding(encoding).encode(text, disallowed_special=()))
+    n = tokens.count_in(encoding, text)  # bounded, whatever the text (telemetry/tokens.py)
     with _lock:
         _counts[key] = n
         if len(_counts) > MAX_ENTRIES:
