@@ -24,7 +24,7 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
 from budgets import guard
 from budgets.guard import Verdict
-from proxy import answers, auth, compression, footer, limits, upstream
+from proxy import answers, auth, compression, footer, limits, paths, upstream
 from proxy.providers import OPENAI, Provider, StreamTap
 from proxy.sse import EventSplitter
 from telemetry.ledger import Record, new_trace_id, record
@@ -106,6 +106,9 @@ async def forward(request: HttpRequest, route: Route) -> HttpResponse:
     )
     if refused := limits.refusal(request.scope):  # type: ignore[attr-defined]
         return _refuse(rec, provider, *refused)
+    if why := paths.refusal(request.scope):  # type: ignore[attr-defined]
+        return _refuse(rec, provider, 400, f"Invalid URL ({request.method} {request.path[:200]}):"
+                                           f" TokenPak does not forward this path: {why}.")
     headers = _upstream_headers(request, rec)
 
     try:
