@@ -270,8 +270,7 @@ async def forward(request: HttpRequest, route: Route) -> HttpResponse:
     rec.ttfb_ms = rec.duration_ms
     if settings.STORE_PROMPTS:
         rec.response_body = data.decode("utf-8", "replace")
-    answer_response = HttpResponse(data, status=response.status_code, headers=out_headers)
-    return _on_start(answer_response, partial(_whole_started, rec))
+    return _Answer(rec, data, status=response.status_code, headers=out_headers)
 
 
 async def _relay(
@@ -356,15 +355,33 @@ def _on_start(response: HttpResponseBase, started: Started) -> HttpResponseBase:
 
 
 def _unsent(error: BaseException) -> str:
-    return f"not_sent: {type(error).__name__}"
+    return f"not_sent: {type(error).__name__}"[:64]
 
 
-async def _whole_started(rec: Record, error: BaseException | None) -> None:
-    """A whole answer's row: written as its start goes out (before its body, so a kill -9
-    cannot lose the row of an answer the client has), or saying the client never got it."""
-    if error is not None:
-        rec.status, rec.error_class = Status.CLIENT_CLOSED, _unsent(error)[:64]
-    record(rec)
+class _Answer(HttpResponse):
+    """A provider's whole answer. Its row is written as its start goes out (before its body, so
+    a kill -9 cannot lose the row of an answer the client has), saying so when it could not go
+    out. Should Django's own handler ever serve a proxy route (it sends no `started`), the row
+    is written when that handler closes the response."""
+
+    def __init__(self, rec: Record, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.rec: Record | None = rec
+
+    async def started(self, error: BaseException | None) -> None:
+        self._record(error)
+
+    def close(self) -> None:
+        super().close()
+        self._record(None)
+
+    def _record(self, error: BaseException | None) -> None:
+        rec, self.rec = self.rec, None
+        if rec is None:  # written already
+            return
+        if error is not None:
+            rec.status, rec.error_class = Status.CLIENT_CLOSED, _unsent(error)
+        record(rec)
 
 
 async def _stream_unsent(response: httpx.Response, tap: StreamTap, rec: Record,
