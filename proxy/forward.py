@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -21,11 +22,11 @@ from urllib.parse import urlsplit
 import httpx
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
 
 from budgets import guard
 from budgets.guard import Verdict
-from proxy import answers, auth, compression, footer, intake, limits, upstream
+from proxy import answers, auth, compression, footer, intake, limits, paths, upstream
 from proxy.providers import OPENAI, Provider, StreamTap
 from proxy.sse import EventSplitter
 from telemetry.ledger import Record, new_trace_id, record
@@ -85,6 +86,11 @@ _DROP_RESPONSE = frozenset(
         "server",
     }
 )
+# A provider's header is dropped when no server could send it on (uvicorn raises on it and the
+# client would get an empty reply): C0 controls but HTAB, and DEL. And when it is over-long:
+# the SDKs' HTTP parser (h11) refuses an answer whose head is over 16 KB in all.
+_UNSENDABLE = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
+MAX_HEADER_VALUE = 8 * 1024
 
 
 @dataclass(frozen=True)
@@ -116,6 +122,9 @@ async def forward(request: HttpRequest, route: Route) -> HttpResponse:
     )
     if refused := limits.refusal(request.scope):  # type: ignore[attr-defined]
         return _refuse(rec, provider, *refused)
+    if why := paths.refusal(request.scope):  # type: ignore[attr-defined]
+        return _refuse(rec, provider, 400, f"Invalid URL ({request.method} {request.path[:200]}):"
+                                           f" TokenPak does not forward this path: {why}.")
     headers = _upstream_headers(request, rec)
 
     try:
@@ -245,11 +254,13 @@ async def forward(request: HttpRequest, route: Route) -> HttpResponse:
     out_headers = _client_headers(response, rec, verdict)
     if streaming:
         tap = provider.tap(rec.sent_model, strip_usage, footer_text)
-        return StreamingHttpResponse(
+        stream = StreamingHttpResponse(
             _relay(response, tap, rec, provider, payload),
             status=response.status_code,
             headers=out_headers,
         )
+        # The relay writes the row as the stream ends; one that never starts is ended here.
+        return _on_start(stream, partial(_stream_unsent, response, tap, rec, provider, payload))
 
     answer = _loads(data) if "json" in response.headers.get("content-type", "") else None
     rec.answer = partial(answers.text, data)  # the provider's own words, before any footer
@@ -269,8 +280,7 @@ async def forward(request: HttpRequest, route: Route) -> HttpResponse:
     rec.ttfb_ms = rec.duration_ms
     if settings.STORE_PROMPTS:
         rec.response_body = data.decode("utf-8", "replace")
-    record(rec)
-    return HttpResponse(data, status=response.status_code, headers=out_headers)
+    return _Answer(rec, data, status=response.status_code, headers=out_headers)
 
 
 async def _relay(
@@ -323,18 +333,72 @@ async def _relay(
             "TokenPak: the connection to the provider was lost mid-stream."
         )
     finally:
-        await response.aclose()
-        rec.model = tap.response_model
-        if tap.needs_estimate:
-            model = rec.sent_model
-            rec.estimate = lambda: tap.estimate(lambda: provider.estimate_input(payload, model))
-        else:
-            rec.usage = tap.usage
-        if stored is not None:
-            rec.response_body = b"".join(stored).decode("utf-8", "replace")
-        rec.answer = partial(answers.of_events, tap.seen)
-        rec.finish(status, error_class=error_class)
+        await _end_stream(response, tap, rec, provider, payload, status, error_class, stored)
+
+
+async def _end_stream(response: httpx.Response, tap: StreamTap, rec: Record, provider: Provider,
+                      payload: Any, status: str, error_class: str,
+                      stored: list[bytes] | None = None) -> None:
+    await response.aclose()
+    rec.model = tap.response_model
+    if tap.needs_estimate:
+        model = rec.sent_model
+        rec.estimate = lambda: tap.estimate(lambda: provider.estimate_input(payload, model))
+    else:
+        rec.usage = tap.usage
+    if stored is not None:
+        rec.response_body = b"".join(stored).decode("utf-8", "replace")
+    rec.answer = partial(answers.of_events, tap.seen)
+    rec.finish(status, error_class=error_class)
+    record(rec)
+
+
+# proxy/handler.py awaits a proxied answer's `started` once it has tried to send the response
+# start: with None when it went out, with the exception when it did not. A row written before
+# that would say ok for a reply the client never got.
+Started = Callable[[BaseException | None], Awaitable[None]]
+
+
+def _on_start(response: HttpResponseBase, started: Started) -> HttpResponseBase:
+    response.started = started  # type: ignore[attr-defined]
+    return response
+
+
+def _unsent(error: BaseException) -> str:
+    return f"not_sent: {type(error).__name__}"[:64]
+
+
+class _Answer(HttpResponse):
+    """A provider's whole answer. Its row is written as its start goes out (before its body, so
+    a kill -9 cannot lose the row of an answer the client has), saying so when it could not go
+    out. Should Django's own handler ever serve a proxy route (it sends no `started`), the row
+    is written when that handler closes the response."""
+
+    def __init__(self, rec: Record, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.rec: Record | None = rec
+
+    async def started(self, error: BaseException | None) -> None:
+        self._record(error)
+
+    def close(self) -> None:
+        super().close()
+        self._record(None)
+
+    def _record(self, error: BaseException | None) -> None:
+        rec, self.rec = self.rec, None
+        if rec is None:  # written already
+            return
+        if error is not None:
+            rec.status, rec.error_class = Status.CLIENT_CLOSED, _unsent(error)
         record(rec)
+
+
+async def _stream_unsent(response: httpx.Response, tap: StreamTap, rec: Record,
+                         provider: Provider, payload: Any, error: BaseException | None) -> None:
+    if error is not None:  # the relay never started: nothing else closes the stream or records
+        await _end_stream(response, tap, rec, provider, payload, Status.CLIENT_CLOSED,
+                          _unsent(error))
 
 
 class TotalTimeout(httpx.TimeoutException):
@@ -408,13 +472,25 @@ def _route_note(rec: Record, verdict: Verdict) -> str:
 
 
 def _client_headers(response: httpx.Response, rec: Record, verdict: Verdict) -> dict[str, str]:
-    headers = {k: v for k, v in response.headers.items() if k.lower() not in _DROP_RESPONSE}
+    """The provider's headers the client may have, then TokenPak's own. The provider's as they
+    came on the wire (latin-1 is byte for byte), never one named X-TokenPak-*: only TokenPak
+    speaks for TokenPak."""
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in response.headers.raw:
+        name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+        if name in _DROP_RESPONSE or name.startswith("x-tokenpak-") or not _sendable(value):
+            continue
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
     headers["X-TokenPak-Trace-Id"] = rec.trace_id
     if verdict.header():
         headers["X-TokenPak-Budget"] = verdict.header()
-    if verdict.route_to:
+    if verdict.route_to and _sendable(rec.requested_model):  # the client's own model name
         headers["X-TokenPak-Routed-From"] = rec.requested_model
     return headers
+
+
+def _sendable(value: str) -> bool:
+    return len(value) <= MAX_HEADER_VALUE and (value.isprintable() or not _UNSENDABLE.search(value))
 
 
 def _is_json(request: HttpRequest) -> bool:

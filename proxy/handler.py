@@ -157,23 +157,30 @@ async def _respond(request: ProxyRequest) -> HttpResponseBase:
 
 
 async def _send(response: HttpResponseBase, send: Send) -> None:
-    headers = [(k.encode("ascii"), v.encode("latin-1")) for k, v in response.items()]
-    if not response.streaming:
-        content = response.content  # type: ignore[attr-defined]
-        if not response.has_header("content-length"):
+    # A proxied answer learns whether its start went out: its row says so (proxy/forward.py).
+    started = getattr(response, "started", None)
+    try:
+        headers = [(k.encode("ascii"), v.encode("latin-1")) for k, v in response.items()]
+        content = b"" if response.streaming else response.content  # type: ignore[attr-defined]
+        if not response.streaming and not response.has_header("content-length"):
             headers.append((b"content-length", str(len(content)).encode("ascii")))
         await send({"type": "http.response.start", "status": response.status_code,
                     "headers": headers})
+    except BaseException as e:
+        if started is not None:
+            await started(e)
+        raise
+    if started is not None:
+        await started(None)
+    if not response.streaming:
         await send({"type": "http.response.body", "body": content})
         return
-    await send({"type": "http.response.start", "status": response.status_code,
-                "headers": headers})
-    content = response.streaming_content  # type: ignore[attr-defined]
+    stream = response.streaming_content  # type: ignore[attr-defined]
     try:
-        async for chunk in content:
+        async for chunk in stream:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
     finally:
         # A cancel while sending leaves the relay parked at a yield: close it there, so it
         # records what happened now and not when the generator is collected.
-        await content.aclose()
+        await stream.aclose()
     await send({"type": "http.response.body"})

@@ -9,13 +9,13 @@ request that could be captured.
 Captured: billable requests that carried a body (chat completions, messages, responses,
 embeddings, …), whatever became of them (refused, blocked and failed requests are what
 one debugs); model lists and count_tokens are not worth a slot. Credentials never: see
-`safe_headers` and `safe_path`.
+`safe_headers` and `safe_path`, which leave out what the log masks (tokenpak_site/logs.py
+`is_secret`, the one rule for both).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -23,6 +23,7 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import F
 
 from telemetry.models import Capture, DebugSwitch, Status
+from tokenpak_site.logs import is_secret
 from tokenpak_site.text import storable
 
 if TYPE_CHECKING:
@@ -30,11 +31,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tokenpak.ledger")
 
-# A header or query parameter whose name holds one of these carries a credential (x-api-key,
-# api-key, authorization, proxy-authorization, cookie, x-goog-api-key, openai-…-token, …).
-_SECRET_NAME = re.compile(r"key|token|secret|auth|cookie|password|credential|signature", re.I)
-# …and a value shaped like one is dropped whatever its header is called.
-_SECRET_VALUE = re.compile(r"^\s*(bearer|basic)\s|\b(sk|rk|pk)-[A-Za-z0-9_-]{8,}", re.I)
 # Re-made on every request by the HTTP client; a replay must not carry the original's.
 _NOT_REPLAYED = frozenset({"content-length", "host", "transfer-encoding"})
 
@@ -46,9 +42,7 @@ def safe_headers(headers: list[tuple[str, str]] | None) -> list[list[str]]:
     return [
         [name, value]
         for name, value in headers or []
-        if name not in _NOT_REPLAYED
-        and not _SECRET_NAME.search(name)
-        and not _SECRET_VALUE.search(value)
+        if name not in _NOT_REPLAYED and not is_secret(name, value)
     ]
 
 
@@ -58,7 +52,7 @@ def safe_path(path: str) -> str:
     if not parts.query:
         return path
     kept = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
-            if not _SECRET_NAME.search(k) and not _SECRET_VALUE.search(v)]
+            if not is_secret(k, v)]
     return parts.path + (f"?{urlencode(kept)}" if kept else "")
 
 

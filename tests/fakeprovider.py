@@ -18,6 +18,9 @@ step on each other:
     A JSON string the answer names as its model (instead of the request's) or
     as its error type (in ``status=NNN`` answers and ``stream_error`` events):
     JSON, so that a header can carry a NUL or a lone surrogate.
+``x-fake-reply-headers``
+    JSON object of headers added to the answer, each value's characters written
+    as the latin-1 bytes they stand for (``"\\u001b"`` is an ESC byte).
 ``x-fake-scenario``
     Comma-separated options: ``status=NNN``, ``split=N``, ``crlf``,
     ``delay=S``, ``cut=K``, ``gate``, ``hang``, ``malformed``,
@@ -960,6 +963,10 @@ class _Handler(BaseHTTPRequestHandler):
             usage_override = json.loads(received.headers.get("x-fake-usage") or "{}")
             if not isinstance(usage_override, dict):
                 raise ValueError("x-fake-usage must be a JSON object")
+            extra = json.loads(received.headers.get("x-fake-reply-headers") or "{}")
+            if not isinstance(extra, dict):
+                raise ValueError("x-fake-reply-headers must be a JSON object")
+            ids.update(extra)
         except ValueError as exc:
             self._write_json(_bad_request(str(exc), anthropic, request_id), ids, _Scenario())
             return

@@ -779,3 +779,13 @@ def test_it_resets_log_and_events(fake: FakeProvider, http: httpx.Client) -> Non
 
     assert fake.log == []
     assert not (fake.release.is_set() or fake.sent_last.is_set() or fake.client_gone.is_set())
+
+
+def test_it_answers_with_the_headers_it_is_asked_for(fake: FakeProvider) -> None:
+    chosen = {"x-tokenpak-budget": "exceeded", "x-odd": "a\u001b[2Jb"}
+    answer = raw_exchange(fake, raw_post(
+        "/v1/chat/completions", {"model": "m", "messages": MESSAGES},
+        {"x-fake-reply-headers": json.dumps(chosen)}))
+    head = answer.split(b"\r\n\r\n", 1)[0]
+    assert b"\r\nx-tokenpak-budget: exceeded\r\n" in head
+    assert b"\r\nx-odd: a\x1b[2Jb" in head

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import anthropic
@@ -322,3 +323,44 @@ def test_it_refuses_a_url_over_the_limit_with_414(server, fake, rows, path):
     assert error["message"] == f"Request URL is {url:,} bytes long; TokenPak takes at most 16,384."
     assert fake.log == []
     _one_complete_refusal(rows, response)
+
+
+# A provider (or whatever answers in its place) speaking for TokenPak, and header values no
+# server can send on: before, the client got the provider's word as TokenPak's, or an empty
+# reply (uvicorn refuses to send the value) while the ledger said ok.
+PROVIDER_HEADERS = {
+    "x-tokenpak-budget": "exceeded",
+    "X-TokenPak-Trace-Id": "forged",
+    "x-esc": "a\u001b]0;owned\u0007b",
+    "x-del": "a\u007fb",
+    "x-long": "v" * 10_000,  # over 8 KB (a longer head would not even reach TokenPak)
+}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_it_keeps_the_provider_from_speaking_for_tokenpak(server, fake, rows, stream):
+    body = {"model": "gpt-4o-mini", "messages": [], "stream": stream}
+    response = httpx.post(server.url + "/v1/chat/completions", json=body, headers={
+        **OPENAI_HEADERS, "x-fake-reply-headers": json.dumps(PROVIDER_HEADERS)})
+    assert response.status_code == 200
+    assert ("[DONE]" in response.text) if stream else response.json()["choices"]
+    [event] = rows(1)
+    assert (event.status, event.upstream_status) == ("ok", 200)
+    assert response.headers["x-tokenpak-trace-id"] == event.trace_id
+    assert "x-tokenpak-budget" not in response.headers
+    assert not {"x-esc", "x-del", "x-long"} & set(response.headers)
+    assert response.headers["x-request-id"].startswith("req_fake_")  # the others pass
+
+
+def test_it_passes_provider_header_bytes_through_as_they_came(server, fake, rows):
+    # UTF-8 bytes, written by the fake as the latin-1 characters they are. Before, httpx
+    # decoded them as UTF-8 and Django sent them on MIME-encoded (=?utf-8?b?4piD?=).
+    snowman = "☃".encode().decode("latin-1")
+    response = httpx.post(server.url + "/v1/chat/completions",
+                          json={"model": "gpt-4o-mini", "messages": []},
+                          headers={**OPENAI_HEADERS, "x-fake-reply-headers": json.dumps(
+                              {"x-note": snowman, "x-tab": "a\tb"})})
+    assert response.status_code == 200
+    assert dict(response.headers.raw)[b"x-note"] == "☃".encode()
+    assert response.headers["x-tab"] == "a\tb"
+    assert rows(1)[0].status == "ok"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 import httpx
 import openai
+import pytest
 
 from tests.fakeprovider import DEFAULT_TEXT
 
@@ -106,3 +108,56 @@ def test_it_leaves_a_url_longer_than_uvicorn_parses_to_uvicorn(server, fake, row
                       json={"model": "gpt-4o-mini", "messages": []},
                       headers={"authorization": f"Bearer {KEY}"}).status_code == 200
     assert [e.status for e in rows(1)] == ["ok"]
+
+
+
+# The ASGI server of this process fails the response start as uvicorn does for a header value
+# it cannot send (RuntimeError; the client is left with an empty reply), around the real app
+# with its real ledger writer. No header TokenPak sends makes uvicorn itself refuse any more.
+FAILING_SERVER = """
+import asyncio, json, sys
+from tokenpak_site.asgi import application
+
+body = json.dumps({"model": "gpt-4o-mini", "messages": [], "stream": sys.argv[1] == "1"})
+scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions",
+         "raw_path": b"/v1/chat/completions", "query_string": b"", "root_path": "",
+         "scheme": "http", "server": ("127.0.0.1", 8766), "client": ("127.0.0.1", 5000),
+         "headers": [(b"host", b"127.0.0.1:8766"), (b"content-type", b"application/json"),
+                     (b"authorization", b"Bearer sk-test-handler-0000")]}
+messages = [{"type": "http.request", "body": body.encode(), "more_body": False}]
+
+async def receive():
+    if messages:
+        return messages.pop()
+    await asyncio.Event().wait()  # the client waits for an answer
+
+async def send(message):
+    if message["type"] == "http.response.start":
+        raise RuntimeError("Invalid HTTP header value.")
+
+try:
+    asyncio.run(application(scope, receive, send))
+except RuntimeError as e:
+    print("the server failed the start:", e)
+application.on_stop()
+"""
+
+
+@pytest.mark.parametrize("stream", ["0", "1"])
+def test_it_records_an_answer_whose_start_could_not_be_sent_as_not_delivered(
+        transactional_db, fake, rows, tmp_path, stream):
+    import subprocess
+    import sys
+
+    from tests.conftest import _server_env
+    from tests.live import ROOT
+
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tokenpak_site.settings",
+           "TOKENPAK_HOME": str(tmp_path), **_server_env(fake)}
+    done = subprocess.run([sys.executable, "-c", FAILING_SERVER, stream], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert "the server failed the start: Invalid HTTP header value." in done.stdout, done.stderr
+    assert len(fake.log) == 1  # the provider answered…
+    [event] = rows(1)
+    assert (event.status, event.error_class, event.upstream_status) == (
+        "client_closed", "not_sent: RuntimeError", 200)  # …and the client got none of it

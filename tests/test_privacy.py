@@ -68,6 +68,29 @@ def test_it_keeps_keys_out_of_the_ledger_and_debug_logs(start_server, fake, rows
         assert not any(p in text for p in PLANTED)
 
 
+def test_it_masks_credentials_in_query_strings_and_any_header_in_debug_logs(start_server, fake,
+                                                                          rows, tmp_path):
+    import httpx
+
+    home = tmp_path / "home"
+    server = start_server(home=home, TOKENPAK_DEBUG="1")
+    query = "?key=AIzaPLANTEDKEYgemini&access_token=PLANTEDKEYtoken&beta=true"
+    response = httpx.post(server.url + "/v1/chat/completions" + query,
+                          json={"model": "gpt-4o-mini", "messages": []},
+                          headers={"authorization": f"Bearer {OPENAI_KEY}",
+                                   "x-auth-token": "PLANTEDKEYxauth"})
+    assert response.status_code == 200
+    rows(1)
+    server.stop()
+    log_text = (home / "tokenpak.log").read_text()
+    # The forwarded URL and headers, in TokenPak's debug line.
+    assert "/v1/chat/completions?key=***&access_token=***&beta=true headers=" in log_text
+    assert "'x-auth-token': '***'" in log_text
+    assert fake.log[0].path.endswith(query)  # the provider still gets them
+    assert fake.log[0].headers["x-auth-token"] == "PLANTEDKEYxauth"
+    assert not any(p in log_text + server.output() for p in PLANTED)
+
+
 def test_it_logs_request_lines_to_stdout_when_asked(start_server, fake, rows, tmp_path):
     home = tmp_path / "home"
     server = start_server(home=home, TOKENPAK_LOG_DESTINATION="stdout")

@@ -85,3 +85,63 @@ def test_it_listens_beyond_loopback_with_the_token_required(transactional_db, fa
         proc.send_signal(signal.SIGINT)
         output = proc.communicate(timeout=15)[0].decode()
     assert f"http://0.0.0.0:{port}/" in output
+
+
+@pytest.fixture
+def daphne(transactional_db, fake, tmp_path):
+    """runserver on a port of its own, in tmp_path, until the test ends: (server, process)."""
+    from types import SimpleNamespace
+
+    proc, port = runserver(tmp_path, fake, TOKENPAK_ANTHROPIC_BASE_URL=fake.url)
+    try:
+        wait_for(lambda: listening(port), timeout=30)
+        yield SimpleNamespace(url=f"http://127.0.0.1:{port}", home=tmp_path), proc
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=15)
+
+
+@pytest.mark.parametrize("which", ["serve", "runserver"])
+def test_it_refuses_control_characters_in_header_values_on_both_servers(
+        transactional_db, request, fake, rows, which):
+    from tests.test_security import post
+
+    server = (request.getfixturevalue("server") if which == "serve"
+              else request.getfixturevalue("daphne")[0])
+    for value in ("coder\x1b]0;owned\x07", "coder\x7f"):
+        status, body = post(server, "/v1/chat/completions", b'{"model": "gpt-4o-mini"}',
+                            "Authorization: Bearer sk-test-0", f"X-TokenPak-Agent: {value}")
+        assert (status, body) == (400, b"Invalid HTTP request received.")  # uvicorn's answer
+    status, _ = post(server, "/v1/chat/completions", b'{"model": "gpt-4o-mini"}',
+                     "Authorization: Bearer sk-test-0", "X-TokenPak-Agent: coder\tteam")
+    assert status == 200  # a tab is fine
+    assert len(fake.log) == 1
+    assert [e.agent_id for e in rows(1)] == ["coder\tteam"]
+
+
+def test_it_refuses_paths_that_could_leave_their_route_under_runserver(daphne, fake, rows):
+    from tests.test_security import post
+
+    server, _ = daphne
+    for target in ("/v1/../admin/", "/v1/%2e%2e/%2e%2e/secret", "/openai/v1/../../root",
+                   "/v1/..%2f..%2fadmin"):
+        status, body = post(server, target, b'{"model": "gpt-4o-mini"}',
+                            "Authorization: Bearer sk-test-0")
+        assert status == 400, target
+        assert "TokenPak does not forward this path" in body.decode()
+    assert fake.log == []
+    assert [e.status for e in rows(4)] == ["invalid_request"] * 4
+
+
+def test_it_masks_keys_in_daphnes_request_lines(daphne, fake):
+    server, proc = daphne
+    # Gemini's SDK sends its key in the query string; TokenPak has no such route: a 404, and
+    # daphne logs the request line, query string included, at WARNING.
+    response = httpx.post(server.url + "/v1beta/models/gemini-2.0-flash:generateContent"
+                          "?key=AIzaPLANTEDgemini&alt=sse", json={})
+    assert response.status_code == 404
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=15)[0].decode()
+    log_text = (server.home / "tokenpak.log").read_text()
+    assert ":generateContent?key=***&alt=sse 404" in log_text
+    assert "PLANTED" not in log_text + output

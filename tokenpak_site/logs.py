@@ -1,4 +1,10 @@
-"""Logging setup and the redaction boundary: no record leaves a handler with a key in it."""
+"""Logging setup and the log boundary: no record leaves a handler with a credential in it, or
+with a character that would let a value forge a line or drive a terminal.
+
+One rule decides what is a credential, for the log (masked, `***`) and for debug captures
+(left out, telemetry/captures.py): a header or query parameter whose name says it holds one,
+or a value shaped like one whatever it is called (`is_secret`).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +13,19 @@ import os
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote_plus
 
-# Provider keys (sk-..., sk-ant-..., sk-proj-...), bearer tokens and header-style assignments.
+from tokenpak_site.text import shown, shown_lines
+
+# A header or query parameter whose name holds one of these carries a credential (x-api-key,
+# api-key, authorization, proxy-authorization, cookie, x-goog-api-key, x-auth-token,
+# access_token, Gemini's ?key=, …)…
+SECRET_NAME = re.compile(r"key|token|secret|auth|cookie|password|credential|signature", re.I)
+# …and a value shaped like one is one whatever its header or parameter is called.
+SECRET_VALUE = re.compile(r"^\s*(bearer|basic)\s|\b(sk|rk|pk)-[A-Za-z0-9_-]{8,}", re.I)
+
+# In free text. Provider keys (sk-..., sk-ant-..., sk-proj-...), bearer tokens and header-style
+# assignments of the usual names…
 _PATTERNS = [
     (re.compile(r"sk-[A-Za-z0-9_\-]{6,}"), "sk-***"),
     (re.compile(r"(?i)(bearer\s+)[^\s\"',;]+"), r"\1***"),
@@ -20,35 +37,66 @@ _PATTERNS = [
         r"\1***",
     ),
 ]
+# …every query parameter of a URL (a request line, a forwarded URL), and every quoted name-value
+# pair of a repr (a headers dict or list), by `is_secret`.
+_QUERY_PARAMETER = re.compile(r"(?<=[?&;])([^\s=&#?;\"'<>]+)=([^\s&#;\"'<>]*)")
+_QUOTED_PAIR = re.compile(r"""(b?(['"]))([^'"\s]+)\2(\s*[:,]\s*)(b?(['"]))(.*?)\6""")
+# Colours a library puts in its own format string (daphne's request lines on a terminal).
+_SGR = re.compile("\x1b\\[[0-9;]*m")
 
-SENSITIVE_HEADERS = frozenset(
-    {"authorization", "x-api-key", "api-key", "x-goog-api-key", "cookie", "proxy-authorization"}
-)
+
+def is_secret(name: str, value: str) -> bool:
+    """True when a header or query parameter named `name` with this value holds a credential."""
+    return bool(SECRET_NAME.search(name) or SECRET_VALUE.search(value))
+
+
+def _mask_parameter(match: re.Match[str]) -> str:
+    name, value = match.group(1), match.group(2)
+    if value and value != "***" and is_secret(unquote_plus(name), unquote_plus(value)):
+        return f"{name}=***"
+    return match.group()
+
+
+def _mask_pair(match: re.Match[str]) -> str:
+    quote, name, between, value_quote, value = (match.group(1), match.group(3), match.group(4),
+                                                match.group(5), match.group(7))
+    if value and value != "***" and is_secret(name, value):
+        return f"{quote}{name}{quote[-1]}{between}{value_quote}***{value_quote[-1]}"
+    return match.group()
 
 
 def redact(text: str) -> str:
     for pattern, repl in _PATTERNS:
         text = pattern.sub(repl, text)
+    if "=" in text:
+        text = _QUERY_PARAMETER.sub(_mask_parameter, text)
+    if "'" in text or '"' in text:
+        text = _QUOTED_PAIR.sub(_mask_pair, text)
     return text
 
 
 def redact_headers(headers: dict[str, str]) -> dict[str, str]:
-    return {k: ("***" if k.lower() in SENSITIVE_HEADERS else v) for k, v in headers.items()}
+    return {k: ("***" if is_secret(k, v) else v) for k, v in headers.items()}
 
 
 class RedactingFilter(logging.Filter):
-    """Sits on every handler, so records propagated from any library pass through it too."""
+    """Sits on every handler, so records propagated from any library pass through it too.
+
+    A record leaves it redacted, as one line (control characters, bidi overrides and line
+    separators of its values escaped: tokenpak_site/text.py `shown`), with its traceback
+    escaped line by line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and "\x1b" in record.msg and record.args:
+            record.msg = _SGR.sub("", record.msg)  # the library's colours, not a value's
         message = record.getMessage()
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
-        clean = redact(message)
-        record.msg, record.args = clean, None
+        record.msg, record.args = shown(redact(message)), None
         if record.exc_text:
-            record.exc_text = redact(record.exc_text)
+            record.exc_text = shown_lines(redact(record.exc_text))
         if record.stack_info:
-            record.stack_info = redact(record.stack_info)
+            record.stack_info = shown_lines(redact(record.stack_info))
         return True
 
 
