@@ -26,25 +26,19 @@ import django
 django.setup()
 
 from admin import timed  # noqa: E402 - bench/admin.py, beside this file
+from dashboard import clients  # noqa: E402 - bench/dashboard.py, beside this file
 from django.conf import settings  # noqa: E402
-from django.contrib.auth import get_user_model  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.http import HttpResponse  # noqa: E402
-from django.test import Client, override_settings  # noqa: E402
+from django.test import override_settings  # noqa: E402
 
-from telemetry import access  # noqa: E402
 from telemetry.models import Event  # noqa: E402
 
 ALL = {"since": "2000-01-01"}
 
 
 def main(runs: int) -> int:
-    user = get_user_model().objects.filter(username="bench").first()
-    if user is None:
-        user = get_user_model().objects.create_superuser("bench", "bench@localhost", None)
-    browser = Client()
-    browser.force_login(user)
-    script = Client(headers={"Authorization": f"Bearer {access.token()}"})
+    browser, script = clients()
     agents = Event.objects.values("agent_id").distinct().count()
     print(f"{Event.objects.count():,} rows, {agents:,} agents in {settings.TOKENPAK_DB_LABEL}; "
           f"median of {runs} runs")

@@ -45,18 +45,23 @@ async def _first_chunk(content: Any) -> None:
     await content.aclose()  # as a client leaving after the first rows
 
 
+def clients() -> tuple[Client, Client]:
+    """A browser signed in as the bench superuser, and a script with the local API token."""
+    user = get_user_model().objects.filter(username="bench").first()
+    if user is None:
+        user = get_user_model().objects.create_superuser("bench", "bench@localhost", None)
+    browser = Client()
+    browser.force_login(user)
+    return browser, Client(headers={"Authorization": f"Bearer {access.token()}"})
+
+
 def main(runs: int) -> int:
     rows = Event.objects.count()
     if not rows:
         print(f"no ledger rows in {settings.TOKENPAK_DB_LABEL}: seed it first with "
               "`TOKENPAK_HOME=... python bench/seed.py 1000000`", file=sys.stderr)
         return 2
-    user = get_user_model().objects.filter(username="bench").first()
-    if user is None:
-        user = get_user_model().objects.create_superuser("bench", "bench@localhost", None)
-    browser = Client()
-    browser.force_login(user)
-    script = Client(headers={"Authorization": f"Bearer {access.token()}"})
+    browser, script = clients()
 
     model = Event.objects.order_by("model").values_list("model", flat=True).first()
     trace = Event.objects.order_by("-ts").values_list("trace_id", flat=True)[rows // 3]
