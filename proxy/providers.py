@@ -90,7 +90,8 @@ class OpenAITap(StreamTap):
         if not self.response_model:
             m = _MODEL.search(data)
             if m:
-                self.response_model = m.group(1).decode()
+                # The provider's bytes: not always UTF-8, never a reason to break the stream.
+                self.response_model = m.group(1).decode("utf-8", "replace")
         if b'"usage"' in data and _USAGE_NULL.search(data) is None:
             payload = _json(data)
             if isinstance(payload, dict):

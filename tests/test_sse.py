@@ -179,3 +179,55 @@ def test_it_ignores_comments_and_other_fields() -> None:
     # Anthropic and proxies send ": ping" keep-alives; they carry no data.
     assert parse_event(b": ping\n\n") == ("", b"")
     assert parse_event(b": ping\nid: 7\nretry: 100\ndata: x\n\n") == ("", b"x")
+
+
+# --- the providers' taps read what a provider sends, whatever it is -------------------------
+
+# JSON values as a provider might get them wrong: absurd numbers (1e400 parses as infinity),
+# other types where a string or a count belongs, and strings holding raw bytes that are not UTF-8.
+_json_value = st.one_of(
+    st.sampled_from([b"1e400", b"-1", b"99999999999999999999999", b"null", b"true", b"{}",
+                     b"[]", b'"x"', b'"\\u0000"', b'"\\udc80"', b"1.5"]),
+    st.binary(max_size=40).map(lambda b: b'"' + b.replace(b'"', b"").replace(b"\\", b"")
+                               + b'"'),
+)
+_FIELDS = {
+    "openai": [b'{"model":%s,"choices":[{"delta":{"content":%s}}]}',
+               b'{"model":"m","choices":[],"usage":{"prompt_tokens":%s,"completion_tokens":%s}}',
+               b'{"error":{"type":%s,"message":%s}}',
+               b'{"type":"response.completed","response":{"usage":{"input_tokens":%s,'
+               b'"output_tokens":%s}}}'],
+    "anthropic": [b'{"type":"message_start","message":{"model":%s,"usage":{"input_tokens":%s}}}',
+                  b'{"type":"content_block_delta","delta":{"text":%s,"x":%s}}',
+                  b'{"type":"message_delta","usage":{"output_tokens":%s,"x":%s}}',
+                  b'{"type":"error","error":{"type":%s,"message":%s}}'],
+}
+_NAMES = {"anthropic": [b"message_start", b"content_block_delta", b"message_delta", b"error"]}
+
+
+@st.composite
+def _provider_events(draw: st.DrawFn, provider: str) -> list[bytes]:
+    events = []
+    for _ in range(draw(st.integers(min_value=1, max_value=6))):
+        i = draw(st.integers(min_value=0, max_value=3))
+        data = _FIELDS[provider][i] % (draw(_json_value), draw(_json_value))
+        name = b"event: " + _NAMES[provider][i] + b"\n" if provider in _NAMES else b""
+        events.append(name + b"data: " + data + b"\n\n")
+    return events
+
+
+@given(st.sampled_from(["openai", "anthropic"]), st.data())
+@settings(max_examples=300)
+def test_it_relays_whatever_a_provider_streams_without_raising(provider: str,
+                                                               data: st.DataObject) -> None:
+    from proxy.providers import ANTHROPIC, OPENAI
+
+    events = data.draw(_provider_events(provider))
+    tap = (OPENAI if provider == "openai" else ANTHROPIC).tap("m", False)
+
+    out = [tap.event(raw) for raw in events]
+
+    assert out == events  # forwarded as the provider sent them
+    assert isinstance(tap.response_model, str)
+    usage = tap.estimate(lambda: 0) if tap.needs_estimate else tap.usage
+    assert usage is not None and usage.input_tokens >= 0 and usage.output_tokens >= 0
