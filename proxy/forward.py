@@ -32,6 +32,7 @@ from proxy.sse import EventSplitter
 from telemetry.ledger import Record, new_trace_id, record
 from telemetry.models import Status
 from tokenpak_site.logs import redact_headers
+from tokenpak_site.text import HEADER_FORBIDDEN
 
 T = TypeVar("T")
 log = logging.getLogger("tokenpak.requests")
@@ -89,7 +90,7 @@ _DROP_RESPONSE = frozenset(
 # A provider's header is dropped when no server could send it on (uvicorn raises on it and the
 # client would get an empty reply): C0 controls but HTAB, and DEL. And when it is over-long:
 # the SDKs' HTTP parser (h11) refuses an answer whose head is over 16 KB in all.
-_UNSENDABLE = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
+_UNSENDABLE = re.compile(HEADER_FORBIDDEN)
 MAX_HEADER_VALUE = 8 * 1024
 
 

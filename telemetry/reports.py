@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import zoneinfo
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -120,6 +120,11 @@ class Totals:
         before = self.input_tokens + self.tokens_saved
         return 100.0 * self.tokens_saved / before if before else 0.0
 
+    def minus(self, part: Totals) -> Totals:
+        """What is left of these totals without `part` (the rest of a breakdown's top rows)."""
+        return Totals(**{f.name: getattr(self, f.name) - getattr(part, f.name)
+                         for f in fields(self)})
+
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["tokens"] = self.tokens
@@ -228,14 +233,7 @@ def top(qs: QuerySet[Event], by: str, total: Totals, n: int = TOP) -> Top:
     count = groups(qs, by)
     if count <= n:
         return Top(rows)
-    shown = combined(t for _, t in rows)
-    return Top(rows, count - n, Totals(
-        requests=total.requests - shown.requests,
-        input_tokens=total.input_tokens - shown.input_tokens,
-        output_tokens=total.output_tokens - shown.output_tokens,
-        tokens_saved=total.tokens_saved - shown.tokens_saved,
-        cost_usd=total.cost_usd - shown.cost_usd,
-        cost_saved_usd=total.cost_saved_usd - shown.cost_saved_usd))
+    return Top(rows, count - n, total.minus(combined(t for _, t in rows)))
 
 
 def _by_day(qs: QuerySet[Event]) -> list[tuple[str, Totals]]:

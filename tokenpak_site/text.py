@@ -40,6 +40,10 @@ _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
+# What HTTP forbids in a header value (RFC 9110): control characters but HTAB, and DEL. uvicorn
+# refuses a request holding one, and raises on an answer holding one (the client gets nothing).
+HEADER_FORBIDDEN = "[\x00-\x08\x0a-\x1f\x7f]"
+
 # What an XLSX file cannot hold: XML 1.0 forbids most C0 controls (openpyxl refuses them) and
 # reads a CR back as a LF (Excel writes it _x000D_ itself); and a literal `_xHHHH_`, which
 # readers would decode: its underscore is escaped as `_x005F_` (ECMA-376 ST_Xstring).

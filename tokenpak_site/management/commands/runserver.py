@@ -22,6 +22,7 @@ from django.conf import settings
 from django.core.management.base import CommandError
 
 from tokenpak_site import conf
+from tokenpak_site.text import HEADER_FORBIDDEN
 
 
 class Command(DaphneRunserver):
@@ -50,7 +51,7 @@ class Command(DaphneRunserver):
 
 
 # What httptools refuses in a header value (RFC 9110: no control character but HTAB).
-_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_CONTROL = re.compile(HEADER_FORBIDDEN.encode())
 _REFUSAL = b"Invalid HTTP request received."  # uvicorn's words
 
 
