@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 
 import httpx
 import openai
 import pytest
 
+from tests.conftest import _server_env
 from tests.fakeprovider import DEFAULT_TEXT
+from tests.live import ROOT
 
 KEY = "sk-test-handler-0000"
 
@@ -110,7 +114,6 @@ def test_it_leaves_a_url_longer_than_uvicorn_parses_to_uvicorn(server, fake, row
     assert [e.status for e in rows(1)] == ["ok"]
 
 
-
 # The ASGI server of this process fails the response start as uvicorn does for a header value
 # it cannot send (RuntimeError; the client is left with an empty reply), around the real app
 # with its real ledger writer. No header TokenPak sends makes uvicorn itself refuse any more.
@@ -146,12 +149,6 @@ application.on_stop()
 @pytest.mark.parametrize("stream", ["0", "1"])
 def test_it_records_an_answer_whose_start_could_not_be_sent_as_not_delivered(
         transactional_db, fake, rows, tmp_path, stream):
-    import subprocess
-    import sys
-
-    from tests.conftest import _server_env
-    from tests.live import ROOT
-
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tokenpak_site.settings",
            "TOKENPAK_HOME": str(tmp_path), **_server_env(fake)}
     done = subprocess.run([sys.executable, "-c", FAILING_SERVER, stream], cwd=ROOT, env=env,
