@@ -61,6 +61,8 @@ ERRORS: dict[int, str] = {
     529: "overloaded_error",
 }
 
+# The error a stream_error stream ends with.
+STREAM_ERROR_TYPE = "overloaded_error"
 STREAM_ERROR_MESSAGE = "Overloaded"
 
 
@@ -134,7 +136,7 @@ def messages(ctx: Ctx) -> Reply:
         }
         events.append(sse(delta, nl, "content_block_delta", content=i == 0))
         if ctx.scenario.stream_error:
-            events.append(sse(error(STREAM_ERROR_MESSAGE, ctx.error_type("overloaded_error")),
+            events.append(sse(error(STREAM_ERROR_MESSAGE, ctx.error_type(STREAM_ERROR_TYPE)),
                               nl, "error"))
             return StreamReply(events)
     events.append(sse({"type": "content_block_stop", "index": 0}, nl, "content_block_stop"))
@@ -198,6 +200,8 @@ class AnthropicWire(Wire):
     request_id_header = "request-id"
     ratelimit_header = "anthropic-ratelimit-requests-remaining"
     reports = frozenset({"cache_read", "cache_write"})
+    stream_error_type = STREAM_ERROR_TYPE
+    stream_error_message = STREAM_ERROR_MESSAGE
 
     def claims(self, path: str, headers: dict[str, str]) -> bool:
         # /v1/models is both providers' path: the SDK's anthropic-version header tells them apart.

@@ -66,6 +66,8 @@ ERRORS: dict[int, tuple[str, str | None]] = {
     504: ("server_error", None),
 }
 
+# The error a stream_error stream ends with.
+STREAM_ERROR_TYPE = "server_error"
 STREAM_ERROR_MESSAGE = "The server had an error while processing your request."
 
 
@@ -147,7 +149,7 @@ def chat(ctx: Ctx) -> Reply:
         events.append(sse(chunk(choice({"content": word})), nl, content=i == 0))
         if ctx.scenario.stream_error:
             # Mid-stream failures arrive as a bare error object on a data line.
-            events.append(sse(error(STREAM_ERROR_MESSAGE, ctx.error_type("server_error")), nl))
+            events.append(sse(error(STREAM_ERROR_MESSAGE, ctx.error_type(STREAM_ERROR_TYPE)), nl))
             return StreamReply(events)
     events.append(sse(chunk(choice({}, "stop")), nl))
     if include_usage:
@@ -301,6 +303,8 @@ class OpenAIWire(Wire):
     request_id_header = "x-request-id"
     ratelimit_header = "x-ratelimit-remaining-requests"
     reports = frozenset({"cache_read", "reasoning"})
+    stream_error_type = STREAM_ERROR_TYPE
+    stream_error_message = STREAM_ERROR_MESSAGE
 
     def claims(self, path: str, headers: dict[str, str]) -> bool:
         return any(path == route_path for _, route_path in self.routes)

@@ -164,6 +164,8 @@ class Wire:
     request_id_header: ClassVar[str]
     ratelimit_header: ClassVar[str]  # one of the rate-limit headers the provider answers with
     reports: ClassVar[frozenset[str]]  # which of cache_read, cache_write, reasoning usage says
+    stream_error_type: ClassVar[str]  # the error event a stream_error stream ends with
+    stream_error_message: ClassVar[str]
 
     def claims(self, path: str, headers: dict[str, str]) -> bool:
         """Whether this provider answers a request for `path` (the fake serves all of them)."""
