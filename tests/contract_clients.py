@@ -115,7 +115,7 @@ class Client:
 class OpenAIClient(Client):
     name = "openai"
     wire = openai_wire.WIRE
-    sdk = openai
+    sdk: ClassVar[ModuleType] = openai
     key = "sk-proj-TESTKEY0123456789abcdef"
     headers: ClassVar[dict[str, str]] = {"authorization": "Bearer sk-test-000000"}
     path = "/v1/chat/completions"
@@ -200,7 +200,7 @@ class OpenAIClient(Client):
 class AnthropicClient(Client):
     name = "anthropic"
     wire = anthropic_wire.WIRE
-    sdk = anthropic
+    sdk: ClassVar[ModuleType] = anthropic
     key = "sk-ant-api03-TESTKEY0123456789abcdef"
     headers: ClassVar[dict[str, str]] = {"x-api-key": "sk-ant-test-000000",
                                          "anthropic-version": "2023-06-01"}

@@ -110,8 +110,8 @@ class FakeProvider:
             return self
         self._stopping.clear()
         server = _Server(("127.0.0.1", 0), _Handler, self)
-        host, port = server.server_address[:2]
-        self.url = f"http://{host}:{port}"
+        host, port = server.server_address[:2]  # an IPv4 address: (str, int)
+        self.url = f"http://{host!s}:{port}"
         self._server = server
         # A short poll interval keeps stop() snappy; the cost is negligible idle wakeups.
         self._thread = threading.Thread(
@@ -317,7 +317,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _read_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            parts = []
+            parts: list[bytes] = []
             while True:
                 size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
                 if size == 0:

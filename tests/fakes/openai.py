@@ -82,7 +82,8 @@ def chat(ctx: Ctx) -> Reply:
     cid = f"chatcmpl-fake{ctx.n}"
     created = int(time.time()) if ctx.created is None else ctx.created
     if not ctx.body.get("stream"):
-        message = {"role": "assistant", "content": ctx.text, "refusal": None, "annotations": []}
+        message: dict[str, Any] = {"role": "assistant", "content": ctx.text, "refusal": None,
+                                   "annotations": []}
         if ctx.scenario.tool_call:
             message |= {"content": None, "tool_calls": [_tool_call(ctx.n)]}
         return JsonReply(
