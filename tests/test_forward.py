@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 
-import anthropic
 import httpx
 import openai
 import pytest
 
-from telemetry.models import Cost, Event, Usage
+from tests.contract import one_complete_refusal
+from tests.contract_clients import CLIENTS
 from tests.live import free_port
 
 OPENAI_HEADERS = {"authorization": "Bearer sk-test-000000", "content-type": "application/json"}
@@ -19,55 +18,6 @@ ANTHROPIC_HEADERS = {
     "anthropic-version": "2023-06-01",
     "content-type": "application/json",
 }
-
-
-@pytest.mark.parametrize(
-    "body, message",
-    [
-        (b'{"model": "gpt-4o", "messages": [', "not valid JSON"),
-        (b'{"messages": []}', "Missing required parameter: 'model'"),
-        (b'["gpt-4o"]', "must be a JSON object"),
-        (b"{\"model\": \"\xff\"}", "not valid UTF-8"),
-    ],
-)
-def test_it_refuses_bad_openai_bodies_in_openai_shape(server, fake, rows, body, message):
-    response = httpx.post(server.url + "/v1/chat/completions", content=body,
-                          headers=OPENAI_HEADERS)
-    assert response.status_code == 400
-    error = response.json()["error"]
-    assert message in error["message"]
-    assert error["type"] == "invalid_request_error"
-    assert fake.log == []  # nothing forwarded
-    [event] = rows(1)
-    assert (event.status, event.error_class, event.upstream_status) == (
-        "invalid_request", "http_400", None)
-    assert response.headers["x-tokenpak-trace-id"] == event.trace_id
-
-
-@pytest.mark.parametrize(
-    "body, message",
-    [
-        (b'{"model": "claude-sonnet-4-6", "max_tokens":', "not valid JSON"),
-        (b'{"max_tokens": 5, "messages": []}', "Missing required parameter: 'model'"),
-    ],
-)
-def test_it_refuses_bad_anthropic_bodies_in_anthropic_shape(server, fake, rows, body, message):
-    response = httpx.post(server.url + "/v1/messages", content=body, headers=ANTHROPIC_HEADERS)
-    assert response.status_code == 400
-    payload = response.json()
-    assert payload["type"] == "error"
-    assert payload["error"]["type"] == "invalid_request_error"
-    assert message in payload["error"]["message"]
-    assert fake.log == []
-    assert rows(1)[0].status == "invalid_request"
-
-
-def test_it_gives_the_sdk_an_error_it_understands(server, fake, rows):
-    c = anthropic.Anthropic(base_url=server.url, api_key="sk-ant-test-1", max_retries=0)
-    with pytest.raises(anthropic.BadRequestError, match="model"):
-        c.messages.create(model="", max_tokens=5, messages=[{"role": "user", "content": "x"}])
-    assert fake.log == []
-    rows(1)
 
 
 def test_it_answers_502_when_the_provider_is_unreachable(start_server, rows):
@@ -127,58 +77,6 @@ def test_it_passes_a_malformed_provider_body_through_untouched(server, fake, row
     assert event.status == "ok" and event.usage_source == "none" and event.cost.cost_usd == 0
 
 
-def test_it_refuses_a_body_over_the_limit_with_413(server, fake, rows):
-    big = b'{"model": "gpt-4o", "pad": "' + b"x" * (32 * 1024 * 1024) + b'"}'
-    response = httpx.post(server.url + "/v1/chat/completions", content=big,
-                          headers=OPENAI_HEADERS, timeout=60)
-    assert response.status_code == 413
-    assert "larger than 32 MB" in response.json()["error"]["message"]
-    assert fake.log == []
-    assert rows(1)[0].error_class == "http_413"
-
-
-def test_it_records_a_client_that_disconnects_mid_stream(server, fake, rows):
-    body = {"model": "claude-haiku-4-5", "max_tokens": 50, "messages": [], "stream": True}
-    headers = {**ANTHROPIC_HEADERS, "x-fake-scenario": "gate",
-               "x-fake-usage": '{"input_tokens": 77}'}
-    with httpx.stream("POST", server.url + "/v1/messages", json=body, headers=headers) as r:
-        seen = b""
-        for chunk in r.iter_raw():
-            seen += chunk
-            if b"content_block_delta" in seen:
-                break  # leave with the provider still holding the rest
-    try:
-        [event] = rows(1)
-        assert event.status == "client_closed"
-        assert event.usage.input_tokens == 77  # message_start: exact
-        assert event.usage.estimated and event.usage.output_tokens == 1  # "Hello"
-        # TokenPak closed its upstream request too: the provider saw the client go.
-        assert fake.client_gone.wait(5)
-    finally:
-        fake.release.set()
-
-
-@pytest.mark.parametrize("path, body, last", [
-    ("/v1/messages", {"model": "claude-haiku-4-5", "max_tokens": 50, "messages": [],
-                      "stream": True}, b"message_stop"),
-    ("/v1/chat/completions", {"model": "gpt-4o", "messages": [], "stream": True},
-     b"[DONE]"),
-])
-def test_it_records_a_whole_stream_as_ok_when_the_client_leaves_after_its_end(
-        server, fake, rows, path, body, last):
-    provider_headers = ANTHROPIC_HEADERS if path == "/v1/messages" else OPENAI_HEADERS
-    headers = {**provider_headers, "x-fake-scenario": "linger=10"}
-    with httpx.stream("POST", server.url + path, json=body, headers=headers) as r:
-        seen = b""
-        for chunk in r.iter_raw():
-            seen += chunk
-            if last in seen:
-                break  # the answer is whole; the provider has not closed its body yet
-    [event] = rows(1)
-    assert (event.status, event.error_class) == ("ok", "")
-    assert not event.usage.estimated and event.usage.output_tokens > 0
-
-
 def test_it_reads_a_chat_body_sent_as_a_form_by_a_hand_written_curl(server, fake, rows):
     response = httpx.post(
         server.url + "/v1/chat/completions",
@@ -193,27 +91,6 @@ def test_it_reads_a_chat_body_sent_as_a_form_by_a_hand_written_curl(server, fake
 FORM = "application/x-www-form-urlencoded"
 MULTIPART = "multipart/form-data; boundary=tp"
 PARTS = b'--tp\r\nContent-Disposition: form-data; name="model"\r\n\r\ngpt-4o\r\n--tp--\r\n'
-
-
-def _error(response: httpx.Response, provider: str) -> dict:
-    """The error as the provider's SDK reads it, after checking the envelope is that SDK's."""
-    payload = response.json()
-    if provider == "anthropic":
-        assert payload["type"] == "error" and set(payload["error"]) == {"type", "message"}
-        return payload["error"]
-    assert set(payload["error"]) == {"message", "type", "param", "code"}
-    return payload["error"]
-
-
-def _one_complete_refusal(rows: Callable[..., list], response: httpx.Response) -> Event:
-    """One invalid_request row, with its usage and cost rows: all three tables or none."""
-    [event] = rows(1)
-    assert (event.status, event.error_class, event.upstream_status) == (
-        "invalid_request", f"http_{response.status_code}", None)
-    assert response.headers["x-tokenpak-trace-id"] == event.trace_id
-    assert (Usage.objects.count(), Cost.objects.count()) == (1, 1)
-    assert (event.usage.input_tokens, event.usage.output_tokens, event.cost.cost_usd) == (0, 0, 0)
-    return event
 
 
 @pytest.mark.parametrize(
@@ -238,13 +115,13 @@ def test_it_refuses_a_body_in_another_content_type_that_is_not_json(
                "content-type": content_type}
     response = httpx.post(server.url + path, content=body, headers=headers)
     assert response.status_code == 400
-    error = _error(response, provider)
+    error = CLIENTS[provider].error_of(response)
     assert error["type"] == "invalid_request_error"
     assert error["message"].startswith("Request body is not valid JSON")
     assert error["message"].endswith(
         f"This endpoint takes a JSON body; it was sent as {content_type.split(';')[0]}.")
     assert fake.log == []  # the provider never saw it
-    _one_complete_refusal(rows, response)
+    one_complete_refusal(rows, response)
 
 
 def test_it_forwards_json_and_uploads_whatever_their_content_type_says(server, fake, rows):
@@ -288,12 +165,12 @@ def test_it_refuses_absurd_headers_with_431_in_the_provider_shape(server, fake, 
     body = {"model": "gpt-4o-mini", "max_tokens": 5, "messages": []}
     response = httpx.post(server.url + path, json=body, headers={**base, **headers}, timeout=30)
     assert response.status_code == 431
-    error = _error(response, provider)
+    error = CLIENTS[provider].error_of(response)
     assert error["type"] == "invalid_request_error"
     assert "TokenPak takes at most" in error["message"]
     assert SECRET not in response.text and len(response.content) < 500
     assert fake.log == []
-    event = _one_complete_refusal(rows, response)
+    event = one_complete_refusal(rows, response)
     assert event.agent_id == ""  # read after the check: nothing of the headers is kept
     # The server is still whole and serves the next request.
     again = httpx.post(server.url + path, json=body, headers=base)
@@ -309,20 +186,6 @@ def test_it_forwards_large_headers_under_the_limit(server, fake, rows):
     assert response.status_code == 200
     assert len(fake.log[0].headers["x-padding"]) == 60_000
     assert rows(1)[0].status == "ok"
-
-
-@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
-def test_it_refuses_a_url_over_the_limit_with_414(server, fake, rows, path):
-    provider = "anthropic" if path.startswith("/v1/messages") else "openai"
-    headers = ANTHROPIC_HEADERS if provider == "anthropic" else OPENAI_HEADERS
-    response = httpx.post(server.url + path + "?q=" + "q" * 20_000, headers=headers,
-                          json={"model": "gpt-4o-mini", "max_tokens": 5, "messages": []})
-    assert response.status_code == 414
-    error = _error(response, provider)
-    url = len(path) + len("?q=") + 20_000
-    assert error["message"] == f"Request URL is {url:,} bytes long; TokenPak takes at most 16,384."
-    assert fake.log == []
-    _one_complete_refusal(rows, response)
 
 
 # A provider (or whatever answers in its place) speaking for TokenPak, and header values no
