@@ -100,18 +100,37 @@ def test_it_keeps_notes_only_for_settings_that_exist() -> None:
 
 # --- RELIABILITY.md's tests ------------------------------------------------------------------
 
-_CITED = re.compile(r"^(?:(test_\w+\.py)|…)?(?:::(\w+)|(_\w+))?(?:\[.*\])?$")
+_CITED = re.compile(r"^(?:(test_\w+\.py)|…)?(?:::(\w+(?:::\w+)?)|(_\w+))?(?:\[.*\])?$")
 
 
 def collected_tests() -> dict[str, set[str]]:
-    """Test function names by file name, read from tests/ with ast (nothing is imported)."""
+    """Test names by file name, read from tests/ with ast (nothing is imported): functions as
+    `name`, a test class's methods as `Class::name`, inherited ones (a shared contract in
+    another module of tests/) included."""
+    trees = {path: ast.parse(path.read_text(), str(path))
+             for path in sorted((ROOT / "tests").rglob("*.py"))}
+    classes = {node.name: node for tree in trees.values() for node in ast.walk(tree)
+               if isinstance(node, ast.ClassDef)}
+
+    def methods(cls: ast.ClassDef) -> set[str]:
+        own = {n.name for n in cls.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+               and n.name.startswith("test")}
+        for base in cls.bases:
+            if isinstance(base, ast.Name) and base.id in classes:
+                own |= methods(classes[base.id])
+        return own
+
     found: dict[str, set[str]] = {}
-    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+    for path, tree in trees.items():
+        if not path.name.startswith("test_"):
+            continue
         names = found.setdefault(path.name, set())
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
-                    and node.name.startswith("test")):
-                names.add(node.name)
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if node.name.startswith("test"):
+                    names.add(node.name)
+            elif isinstance(node, ast.ClassDef) and node.name.startswith("Test"):
+                names |= {f"{node.name}::{m}" for m in methods(node)}
     return found
 
 
