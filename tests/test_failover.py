@@ -230,6 +230,7 @@ def test_it_refuses_a_bad_fallback_in_one_line(fallbacks, message) -> None:
     assert str(info.value).startswith("config.yaml key providers.openai.fallbacks")
 
 
+@pytest.mark.live
 def test_it_stops_at_startup_on_a_bad_fallback(tmp_path) -> None:
     import os
     import subprocess

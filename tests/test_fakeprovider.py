@@ -671,6 +671,7 @@ def test_it_hangs_after_reading_the_request(fake: FakeProvider, http: httpx.Clie
     assert fake.client_gone.wait(2)
 
 
+@pytest.mark.live
 def test_it_stops_promptly_while_a_request_hangs() -> None:
     outcome: list[BaseException] = []
     with FakeProvider() as own:
