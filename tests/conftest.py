@@ -6,7 +6,8 @@ import sys
 import time
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from django.conf import settings
@@ -39,7 +40,7 @@ _running_in_process: str | None = None
 def _refuse(what: str) -> None:
     if _running_in_process is None:
         return
-    frame = sys._getframe(2)
+    frame: FrameType | None = sys._getframe(2)
     while frame is not None:
         if frame.f_code.co_filename.startswith("<frozen importlib"):
             return
@@ -51,16 +52,17 @@ def pytest_configure(config: pytest.Config) -> None:
     popen_init = subprocess.Popen.__init__
     listen = socket.socket.listen
 
-    def guarded_popen_init(self: subprocess.Popen, *args: object, **kwargs: object) -> None:
+    def guarded_popen_init(self: subprocess.Popen, *args: Any, **kwargs: Any) -> None:
         _refuse("starts a process")
-        popen_init(self, *args, **kwargs)  # type: ignore[arg-type]  # passed through unchanged
+        popen_init(self, *args, **kwargs)
 
-    def guarded_listen(self: socket.socket, *args: int) -> None:
+    def guarded_listen(self: Any, *args: Any) -> None:
         _refuse("listens on a socket")
         listen(self, *args)
 
-    subprocess.Popen.__init__ = guarded_popen_init  # type: ignore[method-assign]  # the guard
-    socket.socket.listen = guarded_listen  # type: ignore[method-assign]  # the guard
+    # (The ignores: mypy refuses assigning to a method, which is the point here.)
+    subprocess.Popen.__init__ = guarded_popen_init  # type: ignore[method-assign]
+    socket.socket.listen = guarded_listen  # type: ignore[method-assign]
 
 
 @pytest.hookimpl(wrapper=True)
@@ -179,7 +181,7 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # A known mix of real proxy traffic for report tests: (provider, model, agent, stream, usage).
-TRAFFIC = [
+TRAFFIC: list[tuple[str, str, str, bool, dict[str, Any]]] = [
     ("openai", "gpt-4o-mini", "coder", False, {"prompt_tokens": 1000, "completion_tokens": 200}),
     ("openai", "gpt-4o-mini", "coder", True, {"prompt_tokens": 3000, "completion_tokens": 500,
                                               "prompt_tokens_details": {"cached_tokens": 2000}}),

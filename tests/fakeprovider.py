@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 DEFAULT_TEXT = "Hello from the fake provider."
@@ -168,7 +168,7 @@ class FakeProvider:
             return self
         self._stopping.clear()
         server = _Server(("127.0.0.1", 0), _Handler, self)
-        host, port = server.server_address[:2]
+        host, port = cast(tuple[str, int], server.server_address[:2])  # an AF_INET server
         self.url = f"http://{host}:{port}"
         self._server = server
         # A short poll interval keeps stop() snappy; the cost is negligible idle wakeups.
@@ -463,8 +463,8 @@ def _status_error(status: int, anthropic: bool, request_id: str,
         payload = anthropic_error(message, error_type(_ANTHROPIC_ERRORS.get(status, default)),
                                   request_id)
     else:
-        default = ("server_error", None) if status >= 500 else ("invalid_request_error", None)
-        type_, code = _OPENAI_ERRORS.get(status, default)
+        fallback = ("server_error", None) if status >= 500 else ("invalid_request_error", None)
+        type_, code = _OPENAI_ERRORS.get(status, fallback)
         if status == 529:
             type_ = "overloaded_error"
         payload = openai_error(message, error_type(type_), code)
@@ -479,7 +479,8 @@ def _openai_chat(ctx: _Ctx) -> _Reply:
     cid = f"chatcmpl-fake{ctx.n}"
     created = int(time.time())
     if not ctx.body.get("stream"):
-        message = {"role": "assistant", "content": ctx.text, "refusal": None, "annotations": []}
+        message: dict[str, Any] = {"role": "assistant", "content": ctx.text, "refusal": None,
+                                   "annotations": []}
         if ctx.scenario.tool_call:
             message |= {"content": None, "tool_calls": [_openai_tool_call(ctx.n)]}
         return _JsonReply(
@@ -932,7 +933,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _read_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            parts = []
+            parts: list[bytes] = []
             while True:
                 size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
                 if size == 0:

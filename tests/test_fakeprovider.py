@@ -740,6 +740,7 @@ def test_it_keeps_connections_alive_between_requests(fake: FakeProvider) -> None
             while b"\r\n\r\n" not in data:
                 data += sock.recv(65536)
             head, rest = data.split(b"\r\n\r\n", 1)
+            # (The ignore: every answer of the fake carries a Content-Length.)
             length = int(re.search(rb"Content-Length: (\d+)", head, re.IGNORECASE).group(1))  # type: ignore[union-attr]
             while len(rest) < length:
                 rest += sock.recv(65536)
