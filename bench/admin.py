@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tokenpak_site.settings")
@@ -29,11 +29,15 @@ django.setup()
 from django.conf import settings  # noqa: E402
 from django.contrib.auth import get_user_model  # noqa: E402
 from django.db import connection  # noqa: E402
-from django.http import HttpResponse  # noqa: E402
+from django.http import StreamingHttpResponse  # noqa: E402
 from django.test import Client, override_settings  # noqa: E402
 from django.test.utils import CaptureQueriesContext  # noqa: E402
 
 from telemetry.models import Event  # noqa: E402
+
+if TYPE_CHECKING:
+    # What the test client answers: the view's response, with the request and context added.
+    from django.test.client import _MonkeyPatchedWSGIResponse as Response
 
 URL = "/admin/telemetry/event/"
 WARMUP = 2
@@ -44,19 +48,19 @@ async def _drain(content: Any) -> None:
         pass
 
 
-def timed(request: Callable[[], HttpResponse], runs: int,
-          consume: Callable[[Any], Any] = _drain) -> tuple[list[float], HttpResponse]:
+def timed(request: Callable[[], Response], runs: int,
+          consume: Callable[[Any], Any] = _drain) -> tuple[list[float], Response]:
     """Median-ready times in ms of runs calls after WARMUP; a streamed answer is read with
     consume (all of it by default) inside the timing."""
     for _ in range(WARMUP):
         request()
     times = []
-    response = None
+    response: Response | None = None
     for _ in range(runs):
         started = time.perf_counter()
         response = request()
         if response.streaming:  # CSV/JSON exports stream from an async iterator
-            async_to_sync(consume)(response.streaming_content)
+            async_to_sync(consume)(cast(StreamingHttpResponse, response).streaming_content)
         times.append((time.perf_counter() - started) * 1000)
     assert response is not None
     return times, response
@@ -76,13 +80,15 @@ def main(runs: int) -> int:
 
     model = Event.objects.order_by("model").values_list("model", flat=True).distinct().first()
     middle = Event.objects.order_by("ts").values_list("ts", flat=True)[rows // 2]
-    trace, request_id = (Event.objects.filter(ts__gte=middle).order_by("ts")
-                         .values_list("trace_id", "request_id").first())
+    found = (Event.objects.filter(ts__gte=middle).order_by("ts")
+             .values_list("trace_id", "request_id").first())
+    assert found is not None  # rows above the middle one's ts: that one at least
+    trace, request_id = found
     filtered = f"{URL}?model={model}&period=month"
     export_filter = f"{URL}export/?model={model}&period=today"
     export_rows = client.get(f"{URL}?model={model}&period=today")
 
-    pages: list[tuple[str, Callable[[], HttpResponse]]] = [
+    pages: list[tuple[str, Callable[[], Response]]] = [
         ("changelist", lambda: client.get(URL)),
         (f"filtered: model={model}, this month", lambda: client.get(filtered)),
         ("search: trace id", lambda: client.get(URL, {"q": trace})),
@@ -98,7 +104,8 @@ def main(runs: int) -> int:
     print(f"{rows:,} rows in {settings.TOKENPAK_DB_LABEL} ({connection.vendor}); "
           f"median of {runs} runs after {WARMUP} warm-up runs")
     if export_rows.status_code == 200:
-        print(f"export rows: {export_rows.context_data['cl'].result_count:,}")
+        context = cast(dict[str, Any], export_rows.context_data)  # a TemplateResponse's
+        print(f"export rows: {context['cl'].result_count:,}")
     failed = 0
     for name, request in pages:
         times, response = timed(request, runs)

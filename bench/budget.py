@@ -71,12 +71,13 @@ def main() -> None:
     with FakeProvider() as fake:
         server_env = {"TOKENPAK_OPENAI_BASE_URL": fake.url, "TOKENPAK_LOG_ENABLED": "false",
                       "DATABASE_URL": args.database_url}
-        for label, budgets in [
+        setups: list[tuple[str, list[tuple[str, ...]]]] = [
             ("no budget", []),
             ("global monthly budget", [("--monthly", "1000000")]),
             ("global + agent budget", [("--monthly", "1000000"),
                                        ("--daily", "1000000", "--agent", "coder")]),
-        ]:
+        ]
+        for label, budgets in setups:
             for spec in budgets:
                 manage(env, "budget", "set", *spec)
             server = LiveServer(server_env, home).start()

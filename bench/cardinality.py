@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tokenpak_site.settings")
@@ -25,14 +26,17 @@ import django
 
 django.setup()
 
-from admin import timed  # noqa: E402 - bench/admin.py, beside this file
-from dashboard import clients  # noqa: E402 - bench/dashboard.py, beside this file
 from django.conf import settings  # noqa: E402
 from django.core.management import call_command  # noqa: E402
-from django.http import HttpResponse  # noqa: E402
 from django.test import override_settings  # noqa: E402
 
+from bench.admin import timed  # noqa: E402
+from bench.dashboard import clients  # noqa: E402
 from telemetry.models import Event  # noqa: E402
+
+if TYPE_CHECKING:
+    # What the test client answers: the view's response, with the request and context added.
+    from django.test.client import _MonkeyPatchedWSGIResponse as Response
 
 ALL = {"since": "2000-01-01"}
 
@@ -42,7 +46,7 @@ def main(runs: int) -> int:
     agents = Event.objects.values("agent_id").distinct().count()
     print(f"{Event.objects.count():,} rows, {agents:,} agents in {settings.TOKENPAK_DB_LABEL}; "
           f"median of {runs} runs")
-    calls: list[tuple[str, Callable[[], HttpResponse]]] = [
+    calls: list[tuple[str, Callable[[], Response]]] = [
         ("dashboard overview", lambda: browser.get("/dashboard/", ALL)),
         ("dashboard finops", lambda: browser.get("/dashboard/finops", ALL)),
         ("dashboard finops, by_agent CSV",

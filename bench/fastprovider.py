@@ -63,6 +63,7 @@ def reply(path: bytes, body: bytes) -> tuple[bytes, bytes]:
 
 class Upstream(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # (The ignore: a TCP server's transport is a Transport; the Protocol API says Base.)
         self.transport: asyncio.Transport = transport  # type: ignore[assignment]
         self.buf = b""
 

@@ -67,7 +67,8 @@ def seed(n: int, days: int = 120, chunk: int = 20_000, agents: int = 0) -> None:
     done = 0
     while done < n:
         size = min(chunk, n - done)
-        events, usage, costs, hits = [], [], [], []
+        events: list[tuple] = []
+        usage, costs, hits = [], [], []
         for _ in range(size):
             # In time order, as the ledger writer appends them, with a little jitter.
             ts = start + (done + len(events) + rng.random()) * step

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.contrib import admin
@@ -73,7 +73,7 @@ class BudgetAdmin(admin.ModelAdmin):
             return False
         return super().has_delete_permission(request, obj)
 
-    def save_model(self, request, obj, form, change) -> None:  # type: ignore[no-untyped-def]
+    def save_model(self, request: HttpRequest, obj: Budget, form: Any, change: bool) -> None:
         obj.source = Source.ADMIN
         super().save_model(request, obj, form, change)
 
@@ -84,7 +84,8 @@ class CheapRouteForm(forms.ModelForm):
         fields = ("provider", "model", "cheaper")
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        # A ModelForm's clean() returns its cleaned_data (the stubs allow None for any form's).
+        data = cast(dict[str, Any], super().clean())
         if data.get("model") and data.get("cheaper"):
             try:
                 provider, _, _ = routes.check(data["model"], data["cheaper"],
@@ -104,6 +105,6 @@ class CheapRouteAdmin(admin.ModelAdmin):
     list_filter = ("provider",)
     search_fields = ("model", "cheaper")
 
-    def save_model(self, request, obj, form, change) -> None:  # type: ignore[no-untyped-def]
+    def save_model(self, request: HttpRequest, obj: CheapRoute, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
         routes.forget()

@@ -85,7 +85,7 @@ class Budget(models.Model):
     def put(cls, agent: str, period: str, limit: Decimal, alert_at_pct: int | None = None,
             on_exceeded: str | None = None, source: str = Source.CLI) -> Budget:
         """Create or change the (agent, period) budget; unset values keep theirs."""
-        budget = cls.objects.filter(agent=agent, period=period).first()
+        budget: Budget | None = cls.objects.filter(agent=agent, period=period).first()
         if budget is None:
             budget = cls(agent=agent, period=period)
         budget.refuse_if_declared()
@@ -104,7 +104,7 @@ class Budget(models.Model):
         budgets = cls.objects.filter(agent=agent)
         if period:
             budgets = budgets.filter(period=period)
-        found = list(budgets)
+        found: list[Budget] = list(budgets)
         if not found:
             who = f"agent {agent}" if agent else "global"
             what = f"{period} " if period else ""

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth import get_user_model, login
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.http import HttpRequest
 
 from telemetry.models import SignInFailure
@@ -136,7 +136,7 @@ def sign_in(request: HttpRequest, given: str) -> bool:
     return True
 
 
-def local_user() -> AbstractBaseUser:
+def local_user() -> User:
     user, created = get_user_model().objects.get_or_create(
         username=LOCAL_USER, defaults={"is_staff": True, "is_superuser": True}
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import datetime, time, timedelta
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
@@ -46,6 +46,9 @@ from telemetry.models import (
 )
 from tokenpak_site.text import xlsx_cell
 
+if TYPE_CHECKING:
+    from django.contrib.admin.filters import _ListFilterChoices  # the stubs' name, typing only
+
 
 @admin.register(ModelPrice)
 class ModelPriceAdmin(admin.ModelAdmin):
@@ -66,7 +69,8 @@ class ModelPriceAdmin(admin.ModelAdmin):
     search_fields = ("model",)
     readonly_fields = ("updated_at",)
 
-    def save_model(self, request, obj, form, change) -> None:  # type: ignore[no-untyped-def]
+    def save_model(self, request: HttpRequest, obj: ModelPrice, form: Any, change: bool
+                   ) -> None:
         obj.source = "admin"
         super().save_model(request, obj, form, change)
 
@@ -97,12 +101,13 @@ class ValuesFilter(admin.AllValuesFieldListFilter):
         more = len(choices) > self.CHOICES
         del choices[self.CHOICES:]
         choices += [v for v in self.lookup_val or () if v not in choices and "\x00" not in v]
-        self.lookup_choices = choices
+        # A list serves as well as Django's values_list() queryset: choices() iterates it.
+        self.lookup_choices = choices  # type: ignore[assignment]
         self.title = self.name or self.title
         if more:
             self.title += f" (the first {self.CHOICES}: search for others)"
 
-    def choices(self, changelist: ChangeList) -> Iterator[dict[str, Any]]:
+    def choices(self, changelist: ChangeList) -> Iterator[_ListFilterChoices]:
         for choice in super().choices(changelist):
             if choice["display"] == "":
                 choice["display"] = "(none)"
@@ -167,14 +172,14 @@ class TimeFilter(admin.ListFilter):
     def _bounds(self, request: HttpRequest) -> tuple[datetime | None, datetime | None]:
         since: datetime | None = None
         until: datetime | None = None
-        period = self.used_parameters.get("period")
+        period = cast("str | None", self.used_parameters.get("period"))  # __init__ puts strings
         try:
             if period:
                 since, until = self._period(period)
         except reports.ReportError as e:
             messages.error(request, f"{e}: time filter ignored")
         for name, end in (("since", False), ("until", True)):
-            text = self.used_parameters.get(name, "")
+            text = cast(str, self.used_parameters.get(name, ""))
             if not text:
                 continue
             try:
@@ -201,7 +206,7 @@ class TimeFilter(admin.ListFilter):
     def has_output(self) -> bool:
         return True
 
-    def expected_parameters(self) -> list[str]:
+    def expected_parameters(self) -> list[str | None]:
         return list(self.PARAMS)
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Event]) -> QuerySet[Event]:
@@ -209,7 +214,7 @@ class TimeFilter(admin.ListFilter):
             return queryset
         return _narrow(queryset, since=self.since, until=self.until)
 
-    def choices(self, changelist: ChangeList) -> Iterator[dict[str, Any]]:
+    def choices(self, changelist: ChangeList) -> Iterator[_ListFilterChoices]:
         period = self.used_parameters.get("period")
         custom = "since" in self.used_parameters or "until" in self.used_parameters
         yield {
@@ -240,6 +245,8 @@ class LedgerPaginator(Paginator):
     """Pages counted from the totals shown above the list: one aggregate over the covering ts
     index serves both, instead of a COUNT(*) and then the sums."""
 
+    object_list: QuerySet[Event]  # what LedgerChangeList pages
+
     @cached_property
     def totals(self) -> reports.Totals:
         return reports.totals(self.object_list)
@@ -253,7 +260,8 @@ class LedgerChangeList(ChangeList):
     DATE_PARAMS = ("created_at__year", "created_at__month", "created_at__day")
 
     def get_filters(self, request: HttpRequest) -> tuple:
-        specs, has_filters, lookups, duplicates, active = super().get_filters(request)
+        specs, has_filters, params, duplicates, active = super().get_filters(request)
+        lookups = cast(dict[str, Any], params)  # lists of values since Django 5.0; stubs: one
         # The date hierarchy narrows created_at, whose index does not cover the figures; the
         # same instants on ts use the covering index, so a month's totals never read the table.
         for op in ("gte", "lt"):
@@ -629,6 +637,7 @@ class EventAdmin(ExportMixin, admin.ModelAdmin):
             return HttpResponseBadRequest(f"Bad filter in the export's address: {e}",
                                           content_type="text/plain; charset=utf-8")
 
-    def get_export_filename(self, request: HttpRequest, queryset: QuerySet, file_format) -> str:  # type: ignore[no-untyped-def]
+    def get_export_filename(self, request: HttpRequest, queryset: QuerySet, file_format: Any
+                            ) -> str:
         stamp = datetime.now(reports.zone()).strftime("%Y-%m-%d-%H%M")
         return f"tokenpak-requests-{stamp}.{file_format.get_extension()}"

@@ -8,7 +8,7 @@ from the ledger (model and agent names are the client's), so everything is escap
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -51,8 +51,9 @@ def render(section: Section) -> SafeString:
     chart = section.chart
     if chart is None or not section.rows:
         return mark_safe("")
-    draw = {"bars": bars, "hbars": hbars, "lines": lines, "gauges": gauges}[chart.kind]
-    svg = draw(section.name, section.rows, chart)
+    draw: dict[str, Callable[[str, list[dict[str, Any]], Chart], str]] = {
+        "bars": bars, "hbars": hbars, "lines": lines, "gauges": gauges}
+    svg = draw[chart.kind](section.name, section.rows, chart)
     if len(chart.ys) > 1:  # say which colour is which
         names = {c.key: c.label for c in section.columns}
         svg = svg.replace("</svg>", "".join(

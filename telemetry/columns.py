@@ -22,12 +22,15 @@ from __future__ import annotations
 import math
 import re
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.db import models
 from django.db.backends.base.operations import BaseDatabaseOperations
 
 from tokenpak_site.text import storable
+
+if TYPE_CHECKING:
+    from django.db.models.fields.related import RelatedField
 
 _TEXT, _INT, _FLOAT, _DECIMAL, _BOOL = range(5)
 _NOT_PLAIN = re.compile("[^\x20-\x7e]")
@@ -92,7 +95,7 @@ class Columns:
 
 def _target(f: models.Field) -> models.Field:
     # A foreign key's column holds what the field it points at holds (trace_id).
-    return f.target_field if f.is_relation else f
+    return cast("RelatedField[Any, Any]", f).target_field if f.is_relation else f
 
 
 def _rule(f: models.Field) -> tuple[str, int, Any, Any] | None:

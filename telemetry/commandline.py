@@ -5,7 +5,8 @@ stdout and stderr show control characters escaped (tokenpak_site.text)."""
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TextIO, cast
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, OutputWrapper
@@ -61,7 +62,12 @@ class ShownOutput(OutputWrapper):
     a line) or bidi overrides; every one is written escaped (`\\x1b`). Line feeds stay, for the
     lines commands lay out; a value inside a line is escaped with shown() where it is placed."""
 
-    def write(self, msg: str = "", style_func: Any = None, ending: str | None = None) -> None:
+    _style_func: Callable[[str], str]  # Django's private attribute: _Shown copies it
+
+    # (The ignore: OutputWrapper.write's own signature, which Django's stubs ignore as well.)
+    def write(  # type: ignore[override]
+        self, msg: str = "", style_func: Any = None, ending: str | None = None
+    ) -> None:
         # Escaped before styling: the colours Django adds on a terminal are its own.
         super().write(shown_lines(msg), style_func, ending)
 
@@ -78,7 +84,7 @@ class _Shown:
 
     def __set__(self, command: Any, wrapper: OutputWrapper) -> None:
         if not isinstance(wrapper, ShownOutput):
-            shown = ShownOutput(wrapper._out, wrapper.ending)
+            shown = ShownOutput(cast(TextIO, wrapper._out), wrapper.ending)
             shown._style_func = wrapper._style_func  # as set, not through the tty check again
             wrapper = shown
         setattr(command, self.slot, wrapper)

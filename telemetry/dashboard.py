@@ -15,11 +15,11 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from django.db.models import (
     Case,
@@ -39,6 +39,11 @@ from django.db.models.functions import Coalesce
 from budgets import guard
 from telemetry import listing, reports
 from telemetry.models import Event, RecipeHit, Segment, Status
+
+if TYPE_CHECKING:
+    from django.db.backends.base.base import BaseDatabaseWrapper
+    from django.db.models.sql.compiler import SQLCompiler
+
 
 # The serving process's start: "this session" on the overview.
 STARTED = time.time()
@@ -376,7 +381,9 @@ class LogBucket(Func):
     STEPS = 100
     output_field = IntegerField()
 
-    def as_sql(self, compiler, connection, **extra):  # type: ignore[no-untyped-def]
+    def as_sql(  # type: ignore[override]  # writes its SQL: none of Func's template args
+        self, compiler: SQLCompiler, connection: BaseDatabaseWrapper, **extra: Any
+    ) -> tuple[str, Any]:
         sql, params = compiler.compile(self.source_expressions[0])
         if connection.vendor == "sqlite":  # values are never negative: truncation is floor
             return f"CAST(ln(({sql}) + 1.0) * {self.STEPS} AS INTEGER)", params
@@ -423,7 +430,7 @@ def _named(p: dict[int, float | None]) -> dict[str, float | None]:
     return {f"p{k}": v for k, v in p.items()}
 
 
-def bins(dist: list[Bucket], edges: list[float], unit: str) -> list[dict[str, Any]]:
+def bins(dist: list[Bucket], edges: Sequence[float], unit: str) -> list[dict[str, Any]]:
     """Fine buckets folded into readable ranges (by each bucket's middle); empty when no rows."""
     if not dist:
         return []
@@ -435,7 +442,7 @@ def bins(dist: list[Bucket], edges: list[float], unit: str) -> list[dict[str, An
                                                               strict=True)]
 
 
-def range_names(edges: list[float], unit: str) -> list[str]:
+def range_names(edges: Sequence[float], unit: str) -> list[str]:
     def say(v: float) -> str:
         if unit == "ms" and v >= 1000:
             return f"{v / 1000:g} s"

@@ -7,10 +7,23 @@ else is an addition. Only telemetry.ledger writes these rows while serving.
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from django.db import models
 
-USD = {"max_digits": 20, "decimal_places": 9, "default": Decimal("0")}
+if TYPE_CHECKING:
+    from django.db.backends.base.base import BaseDatabaseWrapper
+    from django.db.models.sql.compiler import SQLCompiler
+
+class DecimalArgs(TypedDict, total=False):
+    """A DecimalField's arguments, shared by the columns holding one kind of amount."""
+
+    max_digits: int
+    decimal_places: int
+    default: Decimal
+
+
+USD: DecimalArgs = {"max_digits": 20, "decimal_places": 9, "default": Decimal("0")}
 
 
 class Status(models.TextChoices):
@@ -49,7 +62,9 @@ class QuarterHour(models.Func):
 
     output_field = models.BigIntegerField()
 
-    def as_sql(self, compiler, connection, **extra):  # type: ignore[no-untyped-def]
+    def as_sql(  # type: ignore[override]  # writes its SQL: none of Func's template args
+        self, compiler: SQLCompiler, connection: BaseDatabaseWrapper, **extra: Any
+    ) -> tuple[str, Any]:
         sql, params = compiler.compile(self.source_expressions[0])
         if connection.vendor == "sqlite":  # integer division truncates; ts is never negative
             return f"(CAST({sql} AS INTEGER) / {QUARTER_HOUR})", params
@@ -235,7 +250,7 @@ class SignInFailure(models.Model):
         indexes = [models.Index(fields=["address", "at"], name="tp_signin_failures_addr_at")]
 
 
-PRICE = {"max_digits": 14, "decimal_places": 6}
+PRICE: DecimalArgs = {"max_digits": 14, "decimal_places": 6}
 
 
 class ModelPrice(models.Model):

@@ -189,7 +189,7 @@ def _strip_litellm_prefix(key: str, litellm_provider: str) -> tuple[str, bool]:
 
 
 def _litellm_entry(key: str, spec: dict) -> dict | None:
-    prices = {
+    prices: dict[str, Any] = {
         field: per_mtok(spec.get(src), f"{key}.{src}") for field, src in _LITELLM_FIELDS.items()
     }
     if prices["input"] is None:

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.conf import settings
 from django.db import connection
@@ -20,6 +20,9 @@ from django.db.models import Count, F, QuerySet, Sum
 from django.db.models.functions import Coalesce, Collate
 
 from telemetry.models import NANO, QUARTER_HOUR, Event, PricingSource, QuarterHour
+
+if TYPE_CHECKING:
+    from django.db.models import Field
 
 ZERO = Decimal("0")
 # The dearest cost a filter can name: tp_events.cost_nano_usd is a 64-bit integer.
@@ -242,7 +245,8 @@ def _by_day(qs: QuerySet[Event]) -> list[tuple[str, Totals]]:
     first, last = span(qs)
     if first is None or last is None:
         return []
-    rows = (quarter_hours(qs, first, last)).values("q").annotate(**_sums())
+    # (The ignore: django-stubs checks values() against the model's fields; q is annotated.)
+    rows = (quarter_hours(qs, first, last)).values("q").annotate(**_sums())  # type: ignore[misc]
     keys = list(_sums())
     days: dict[str, dict[str, int]] = {}
     for r in rows:
@@ -271,7 +275,8 @@ def distinct_values(column: str, limit: int, start: str = "") -> list[str]:
     per value, where SELECT DISTINCT reads the whole index on PostgreSQL (0.15 s a column at a
     million rows). The limit stops the hops: a column can hold as many values as clients send.
     """
-    col = connection.ops.quote_name(Event._meta.get_field(column).column)
+    field = cast("Field[Any, Any]", Event._meta.get_field(column))  # a column, not a relation
+    col = connection.ops.quote_name(field.column)
     table = connection.ops.quote_name(Event._meta.db_table)
     sql = (
         f"WITH RECURSIVE v(x, n) AS (SELECT MIN({col}), 1 FROM {table} WHERE {col} >= %s "
@@ -459,9 +464,9 @@ def ledger_size() -> int:
         return int(cursor.fetchone()[0])
 
 
-def size(n: int) -> str:
+def size(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
+        n /= 1024
     return f"{n} B"

@@ -134,8 +134,9 @@ def _delete_chunks(
 
 def _select_chunk(
     cutoff: float | None, floor: float | None, chunk: int
-) -> tuple[str, list[object]]:
-    where, params = [], []
+) -> tuple[str, list[float]]:
+    where: list[str] = []
+    params: list[float] = []
     if floor is not None:
         where.append("ts >= %s")
         params.append(floor)
@@ -148,7 +149,7 @@ def _select_chunk(
     return sql + " ORDER BY ts LIMIT %s", [*params, chunk]
 
 
-def _in_ids(ids: list[str]) -> tuple[str, object]:
+def _in_ids(ids: list[str]) -> tuple[str, list[str] | str]:
     """`IN <ids>` as one parameter, whatever the chunk size: SQLite caps bound variables
     (32,766) and PostgreSQL plans `= ANY(array)` as one index lookup per id."""
     if connection.vendor == "postgresql":

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from django.conf import settings
@@ -14,6 +17,62 @@ from tests.live import LiveServer, database_env
 
 if TYPE_CHECKING:
     import httpx
+
+# Two tiers. `live`: the test starts a server or a process (the proxy under uvicorn, the fake
+# provider, manage.py, a browser); `make test-fast` runs the rest, in this process, in seconds.
+# Using one of these fixtures (at any depth) marks a test live; a test that starts a process or
+# a server itself says so with @pytest.mark.live (or `pytestmark` for a whole module).
+LIVE_FIXTURES = frozenset({"fake_provider", "fake", "server", "start_server", "chrome"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if LIVE_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.live)
+
+
+# The guard that keeps the fast tier honest: a test not marked live that starts a process or
+# listens on a socket fails and says what to mark. Not while a module is being imported: a
+# library may run a helper once on import (trio runs ldconfig), whichever test imports it first.
+_running_in_process: str | None = None
+
+
+def _refuse(what: str) -> None:
+    if _running_in_process is None:
+        return
+    frame: FrameType | None = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return
+        frame = frame.f_back
+    raise AssertionError(f"{_running_in_process} {what}: mark it @pytest.mark.live")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    popen_init = subprocess.Popen.__init__
+    listen = socket.socket.listen
+
+    def guarded_popen_init(self: subprocess.Popen, *args: Any, **kwargs: Any) -> None:
+        _refuse("starts a process")
+        popen_init(self, *args, **kwargs)
+
+    def guarded_listen(self: Any, *args: Any) -> None:
+        _refuse("listens on a socket")
+        listen(self, *args)
+
+    # (The ignores: mypy refuses assigning to a method, which is the point here.)
+    subprocess.Popen.__init__ = guarded_popen_init  # type: ignore[method-assign]
+    socket.socket.listen = guarded_listen  # type: ignore[method-assign]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
+    global _running_in_process
+    _running_in_process = None if item.get_closest_marker("live") else item.nodeid
+    try:
+        return (yield)
+    finally:
+        _running_in_process = None
 
 
 @pytest.fixture(scope="session")
@@ -122,7 +181,7 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # A known mix of real proxy traffic for report tests: (provider, model, agent, stream, usage).
-TRAFFIC = [
+TRAFFIC: list[tuple[str, str, str, bool, dict[str, Any]]] = [
     ("openai", "gpt-4o-mini", "coder", False, {"prompt_tokens": 1000, "completion_tokens": 200}),
     ("openai", "gpt-4o-mini", "coder", True, {"prompt_tokens": 3000, "completion_tokens": 500,
                                               "prompt_tokens_details": {"cached_tokens": 2000}}),

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from django.core.management import call_command
@@ -24,12 +25,15 @@ from telemetry import reports
 from tests.conftest import send, wait_for
 from tests.live import ROOT
 
+if TYPE_CHECKING:
+    from selenium import webdriver  # imported where used: without Chromium the tests skip
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
 ARTIFACTS = Path(os.environ.get("TOKENPAK_ARTIFACTS", ROOT / "artifacts")) / "screenshots"
 
 
-def _browser(javascript: bool = True):  # type: ignore[no-untyped-def]
+def _browser(javascript: bool = True) -> webdriver.Chrome:
     if not (CHROMIUM and DRIVER):
         missing = "no Chromium (apt-get install chromium chromium-driver)"
         if os.environ.get("CI") == "true":

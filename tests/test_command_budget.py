@@ -164,6 +164,7 @@ def test_it_lists_and_changes_route_cheaps_mapping():
         "budget route: give a cheaper model, or --default to go back to the default")
 
 
+@pytest.mark.live
 def test_it_runs_as_tokenpak_budget(transactional_db):
     env = {"DJANGO_SETTINGS_MODULE": "tokenpak_site.settings", **database_env()}
     result = tokenpak("budget", "set", "--monthly", "50", env=env)

@@ -223,6 +223,7 @@ def test_it_says_telemetry_is_off_in_every_report(db, settings, args):
     assert "Telemetry is off" in text or text.strip() == '{"telemetry": false}'
 
 
+@pytest.mark.live
 def test_it_says_when_the_ledger_cannot_be_read(tmp_path):
     import os
     import subprocess

@@ -431,6 +431,7 @@ def assert_config_error(proc: subprocess.CompletedProcess[str], *names: str) -> 
         assert name in lines[0]
 
 
+@pytest.mark.live
 @pytest.mark.parametrize(
     ("name", "value"),
     [("TOKENPAK_PORT", "abc"), ("TOKENPAK_OPENAI_BASE_URL", "ftp://x"),
@@ -445,6 +446,7 @@ def test_it_stops_manage_py_with_one_line_naming_a_bad_variable(
     assert_config_error(proc, f"environment variable {name}", value)
 
 
+@pytest.mark.live
 def test_it_stops_manage_py_when_config_yaml_holds_an_api_key(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
@@ -456,6 +458,7 @@ def test_it_stops_manage_py_when_config_yaml_holds_an_api_key(tmp_path: Path) ->
     assert "sk-proj" not in proc.stderr + proc.stdout
 
 
+@pytest.mark.live
 def test_it_stops_manage_py_on_a_bad_config_yaml_value(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
@@ -463,6 +466,7 @@ def test_it_stops_manage_py_on_a_bad_config_yaml_value(tmp_path: Path) -> None:
     assert_config_error(run(["manage.py", "check"], home), "config.yaml key server.port")
 
 
+@pytest.mark.live
 def test_it_stops_manage_py_on_invalid_yaml(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
@@ -470,11 +474,13 @@ def test_it_stops_manage_py_on_invalid_yaml(tmp_path: Path) -> None:
     assert_config_error(run(["manage.py", "check"], home), "not valid YAML")
 
 
+@pytest.mark.live
 def test_it_passes_manage_py_check_with_good_settings(tmp_path: Path) -> None:
     proc = run(["manage.py", "check"], tmp_path / "home")
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.live
 def test_it_takes_server_require_token_in_config_yaml_though_its_name_says_token(
     tmp_path: Path,
 ) -> None:
@@ -491,6 +497,7 @@ def test_it_takes_server_require_token_in_config_yaml_though_its_name_says_token
     assert_config_error(run(["manage.py", "check"], home), "looks like a credential")
 
 
+@pytest.mark.live
 def test_it_answers_to_a_specific_listening_address_as_a_host(tmp_path: Path) -> None:
     proc = run(["-c", "import django; django.setup(); from django.conf import settings as s; "
                 "print(s.ALLOWED_HOSTS, s.URL_HOST)"], tmp_path / "home",
@@ -506,6 +513,7 @@ PRINT_SETTINGS = (
 )
 
 
+@pytest.mark.live
 def test_it_applies_a_good_config_yaml(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
@@ -521,6 +529,7 @@ def test_it_applies_a_good_config_yaml(tmp_path: Path) -> None:
     assert proc.stdout.split() == ["9999", "WARNING", "http://127.0.0.1:1234"]
 
 
+@pytest.mark.live
 def test_it_lets_the_environment_override_config_yaml_in_settings(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
@@ -532,6 +541,7 @@ def test_it_lets_the_environment_override_config_yaml_in_settings(tmp_path: Path
     assert proc.stdout.split()[0] == "7001"
 
 
+@pytest.mark.live
 def test_it_accepts_environment_style_names_in_config_yaml_in_settings(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
@@ -543,6 +553,7 @@ def test_it_accepts_environment_style_names_in_config_yaml_in_settings(tmp_path:
     assert proc.stdout.split()[0] == "9998"
 
 
+@pytest.mark.live
 def test_it_creates_a_private_home_and_secret_key_from_settings(tmp_path: Path) -> None:
     home = tmp_path / "new" / "home"
 
@@ -553,6 +564,7 @@ def test_it_creates_a_private_home_and_secret_key_from_settings(tmp_path: Path) 
     assert mode(home / "secret_key") == 0o600
 
 
+@pytest.mark.live
 def test_it_creates_the_sqlite_ledger_private_and_in_wal_mode(tmp_path: Path) -> None:
     home = tmp_path / "home"
 

@@ -29,6 +29,7 @@ class _Failing(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("content-length") or 0))
+        # (The ignores: `hits` is this test's counter, set on the server by `failing`.)
         self.server.hits += 1  # type: ignore[attr-defined]
         body = b'{"error": {"message": "overloaded", "type": "server_error"}}'
         self.send_response(self.status)
@@ -230,6 +231,7 @@ def test_it_refuses_a_bad_fallback_in_one_line(fallbacks, message) -> None:
     assert str(info.value).startswith("config.yaml key providers.openai.fallbacks")
 
 
+@pytest.mark.live
 def test_it_stops_at_startup_on_a_bad_fallback(tmp_path) -> None:
     import os
     import subprocess

@@ -671,6 +671,7 @@ def test_it_hangs_after_reading_the_request(fake: FakeProvider, http: httpx.Clie
     assert fake.client_gone.wait(2)
 
 
+@pytest.mark.live
 def test_it_stops_promptly_while_a_request_hangs() -> None:
     outcome: list[BaseException] = []
     with FakeProvider() as own:
@@ -739,6 +740,7 @@ def test_it_keeps_connections_alive_between_requests(fake: FakeProvider) -> None
             while b"\r\n\r\n" not in data:
                 data += sock.recv(65536)
             head, rest = data.split(b"\r\n\r\n", 1)
+            # (The ignore: every answer of the fake carries a Content-Length.)
             length = int(re.search(rb"Content-Length: (\d+)", head, re.IGNORECASE).group(1))  # type: ignore[union-attr]
             while len(rest) < length:
                 rest += sock.recv(65536)

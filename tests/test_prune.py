@@ -211,6 +211,7 @@ def test_it_rejects_a_chunk_below_1():
         prune(days=5, chunk=0)
 
 
+@pytest.mark.live
 @pytest.mark.parametrize(
     ("args", "message"),
     [(["--older-than", "3x"], "CommandError: prune: bad duration '3x'"),

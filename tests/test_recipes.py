@@ -262,6 +262,7 @@ def test_it_refuses_a_file_that_is_not_utf8(tmp_path: Path) -> None:
 # --- settings: a bad file stops the start --------------------------------------------------------
 
 
+@pytest.mark.live
 def test_it_stops_manage_py_on_a_bad_recipe_in_the_home_recipes_folder(tmp_path: Path) -> None:
     home = tmp_path / "home"
     path = write(home / "recipes", "bad.yaml", MISTAKES["unknown action"][0])
@@ -271,6 +272,7 @@ def test_it_stops_manage_py_on_a_bad_recipe_in_the_home_recipes_folder(tmp_path:
     assert_config_error(proc, f"{path} (recipe 'my-rule'): 'action' must be one of")
 
 
+@pytest.mark.live
 def test_it_stops_manage_py_on_invalid_yaml_in_one_line(tmp_path: Path) -> None:
     home = tmp_path / "home"
     path = write(home / "recipes", "bad.yaml", "- name: my-rule\n  segments: [tool\n")
@@ -280,6 +282,7 @@ def test_it_stops_manage_py_on_invalid_yaml_in_one_line(tmp_path: Path) -> None:
     assert_config_error(proc, f"{path}: not valid YAML at line 3, column 1")
 
 
+@pytest.mark.live
 def test_it_reads_recipes_from_tokenpak_recipes_dir(tmp_path: Path) -> None:
     home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
     write(home / "recipes", "good.yaml", "")  # the default folder is not read any more
@@ -290,6 +293,7 @@ def test_it_reads_recipes_from_tokenpak_recipes_dir(tmp_path: Path) -> None:
     assert_config_error(proc, f"{path} (recipe 'my-rule'): 'profile' must be one of")
 
 
+@pytest.mark.live
 def test_it_starts_with_the_users_recipes_loaded(tmp_path: Path) -> None:
     home = tmp_path / "home"
     write(home / "recipes", "mine.yaml",

@@ -136,6 +136,7 @@ def test_it_refuses_a_truncated_encoding_file(
         tokens.encoding("o200k_base")
 
 
+@pytest.mark.live
 def test_it_writes_no_cache_into_the_temp_folder(tmp_path: Path) -> None:
     # tiktoken's own loader caches downloads in $TMPDIR/data-gym-cache; the shipped files must
     # make that path unused, and work with the network unplugged.

@@ -234,10 +234,6 @@ class Config:
             ) from None
         return str(value)
 
-    def str(self, path: str, default: str) -> str:
-        raw = self._raw(path)
-        return default if raw is None else str(raw[0])
-
     def int(self, path: str, default: int, lo: int, hi: int) -> int:
         raw = self._raw(path)
         if raw is None:
@@ -295,6 +291,11 @@ class Config:
             return default
         value, source = raw
         return check_url(str(value), source, schemes)
+
+    # Last: a method named `str` hides the builtin from the annotations of the methods after it.
+    def str(self, path: str, default: str) -> str:
+        raw = self._raw(path)
+        return default if raw is None else str(raw[0])
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ class Command(ReportCommand):
         if top.other is not None:
             rows = [*rows, (f"({top.others:,} others)", top.other)]
         if options["json"]:
-            data = {"period": label, "since": f.since and f.since.isoformat(),
+            data: dict[str, Any] = {"period": label, "since": f.since and f.since.isoformat(),
                     "until": f.until and f.until.isoformat(), "filters": f.describe(),
                     "totals": total.as_json()}
             if options["by"]:

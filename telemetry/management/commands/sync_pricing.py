@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, transaction
@@ -20,7 +20,7 @@ from django.db import DatabaseError, transaction
 from telemetry import pricing
 from telemetry.models import PRICE, ModelPrice
 
-_MODEL_MAX_LENGTH = ModelPrice._meta.get_field("model").max_length
+_MODEL_MAX_LENGTH = cast(int, ModelPrice._meta.get_field("model").max_length)  # a CharField
 _COLUMNS = {
     "input": "input_per_mtok",
     "output": "output_per_mtok",
@@ -121,7 +121,8 @@ def _fit(path: str, model: str, field: str, value: str | None) -> Decimal | None
     price = Decimal(value)
     places = PRICE["decimal_places"]
     whole_digits = PRICE["max_digits"] - places
-    if -price.as_tuple().exponent > places or price >= Decimal(10) ** whole_digits:
+    exponent = cast(int, price.as_tuple().exponent)  # per_mtok() gave a finite number
+    if -exponent > places or price >= Decimal(10) ** whole_digits:
         raise CommandError(
             f"sync_pricing: {path}: {model} {field} price ${value}/MTok does not fit tp_pricing "
             f"(at most {whole_digits} digits before and {places} after the decimal point)"
