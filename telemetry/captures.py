@@ -27,7 +27,7 @@ from tokenpak_site.logs import is_secret
 from tokenpak_site.text import storable
 
 if TYPE_CHECKING:
-    from telemetry.ledger import Record
+    from telemetry.record import Record
 
 log = logging.getLogger("tokenpak.ledger")
 
