@@ -45,7 +45,7 @@ log = logging.getLogger("tokenpak.budget")
 
 @dataclass(frozen=True)
 class Verdict:
-    """What the guard decided for one request."""
+    """What admission decided for one request."""
 
     action: str = ""  # "" within every budget; else the strictest exceeded budget's action
     decider: Standing | None = None

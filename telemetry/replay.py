@@ -9,6 +9,7 @@ A line no rows can be made of is set aside (spool.set_aside), never stopping the
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,9 +24,11 @@ from django.db import connection
 from telemetry import spool
 from telemetry.models import Event
 from telemetry.record import Record
-from telemetry.rows import Entry, Rows, rows_of, storable, writer_log
+from telemetry.rows import Entry, Rows, rows_of, storable
 from telemetry.spool import Spool
 from telemetry.usage import TokenUsage
+
+writer_log = logging.getLogger("tokenpak.ledger")
 
 Kept = tuple[bool, Rows]  # (held, rows): a `w` line, or rows kept in memory for one
 SetAside = Callable[[dict[str, Any], Exception, Any], None]  # (what is kept, why, trace id)

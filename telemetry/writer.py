@@ -39,10 +39,11 @@ from django.db import InterfaceError, OperationalError, connection, transaction
 
 from telemetry import captures, replay, retention, spool
 from telemetry.record import Record, new_trace_id
-from telemetry.rows import Entry, Rows, insert, plain, rows_of, storable, writer_log
+from telemetry.rows import Entry, Rows, insert, plain, rows_of, storable
 from telemetry.spool import Spool
 
 log = logging.getLogger("tokenpak.requests")
+writer_log = logging.getLogger("tokenpak.ledger")
 
 AfterCommit = Callable[[], None]
 # fn(cursor, records, rows) inside the transaction; returns what to run after the commit.
