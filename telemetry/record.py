@@ -29,22 +29,32 @@ def new_trace_id(now: float | None = None) -> str:
 
 
 class Savings(Protocol):
-    """What compression saved on one request, in tokens (proxy.compression.Savings)."""
+    """What compression saved on one request, in tokens (proxy.compression.Savings): read only."""
 
-    tokens_saved: int
-    saved_prior: int  # in messages the previous request already carried (cache reads)
-    saved_new: int
-    new_after: int  # tokens of the new messages' text as sent
-    segments: dict[str, tuple[int, int]]  # kind → (raw, after)
-    estimated: bool
+    @property
+    def tokens_saved(self) -> int: ...
+    @property
+    def saved_prior(self) -> int: ...  # in messages the previous request already carried
+    @property
+    def saved_new(self) -> int: ...
+    @property
+    def new_after(self) -> int: ...  # tokens of the new messages' text as sent
+    @property
+    def segments(self) -> dict[str, tuple[int, int]]: ...  # kind → (raw, after)
+    @property
+    def estimated(self) -> bool: ...
 
 
 class Compression(Protocol):
-    """What compression did to one request (proxy.compression.Outcome), as the ledger reads it."""
+    """What compression did to one request (proxy.compression.Outcome), as the ledger and its
+    captures read it."""
 
-    profile: str
-    recipes: dict[str, int]  # rule name → times it fired
-    stages: list[tuple[str, float]]  # (stage, milliseconds)
+    @property
+    def profile(self) -> str: ...
+    @property
+    def recipes(self) -> dict[str, int]: ...  # rule name → times it fired
+    @property
+    def stages(self) -> list[tuple[str, float]]: ...  # (stage, milliseconds)
 
     def savings(self, model: str) -> Savings: ...
 

@@ -125,7 +125,7 @@ def _replayed(entry: dict[str, Any]) -> Kept:
     r.usage = TokenUsage(**usage) if usage is not None else None
     if compressed is not None:
         r.compression = _Replayed(compressed["recipes"],
-                                  [tuple(s) for s in compressed["stages"]])
+                                  [(stage, ms) for stage, ms in compressed["stages"]])
     return bool(r.held), rows_of(r)
 
 

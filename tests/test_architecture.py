@@ -214,3 +214,25 @@ def test_it_sees_cycles_and_upward_imports_in_the_code_it_reads():
     }
     assert cycles(edges) == [["budgets.c", "telemetry.a", "telemetry.b", "budgets.c"]]
     assert upward(edges) == ["telemetry.b:2 imports budgets.c (telemetry -> budgets)"]
+
+
+def test_it_reads_imports_at_every_depth_of_a_module(tmp_path):
+    """Top-level, function-level, TYPE_CHECKING and relative imports all count; an attribute
+    imported from a module is an edge to the module."""
+    source = tmp_path / "m.py"
+    source.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "import budgets.leases\n"
+        "from telemetry.writer import record\n"
+        "if TYPE_CHECKING:\n"
+        "    from telemetry.record import Record\n"
+        "def f():\n"
+        "    from . import settlement\n"
+        "    from proxy import forward\n"
+    )
+    known = {name: tmp_path for name in ("budgets", "budgets.leases", "budgets.settlement",
+                                         "budgets.m", "telemetry", "telemetry.writer",
+                                         "telemetry.record", "proxy", "proxy.forward")}
+    assert [i.target for i in imports("budgets.m", source, known)] == [
+        "budgets.leases", "telemetry.writer", "telemetry.record", "budgets.settlement",
+        "proxy.forward"]
