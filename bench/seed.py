@@ -28,8 +28,8 @@ django.setup()
 from django.core.management import call_command  # noqa: E402
 from django.db import connection, transaction  # noqa: E402
 
-from telemetry.ledger import new_trace_id  # noqa: E402
 from telemetry.models import NANO  # noqa: E402
+from telemetry.record import new_trace_id  # noqa: E402
 
 MODELS = [("openai", "gpt-4o-mini"), ("openai", "gpt-4o"), ("openai", "gpt-5.1"),
           ("anthropic", "claude-sonnet-4-6"), ("anthropic", "claude-haiku-4-5"),

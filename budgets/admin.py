@@ -8,7 +8,7 @@ from django import forms
 from django.contrib import admin
 from django.http import HttpRequest
 
-from budgets import guard, routes
+from budgets import routes, standings
 from budgets.models import Budget, CheapRoute, Source
 from telemetry import reports
 
@@ -26,12 +26,12 @@ class BudgetAdmin(admin.ModelAdmin):
     def get_changelist_instance(self, request: HttpRequest) -> Any:
         changelist = super().get_changelist_instance(request)
         # One locked read of every budget's standing for the page, not one per cell.
-        standings = {s.budget.pk: s for s in guard.current()}
+        by_pk = {s.budget.pk: s for s in standings.current()}
         for obj in changelist.result_list:
-            obj.standing = standings.get(obj.pk)
+            obj.standing = by_pk.get(obj.pk)
         return changelist
 
-    def _standing(self, obj: Budget) -> guard.Standing | None:
+    def _standing(self, obj: Budget) -> standings.Standing | None:
         return getattr(obj, "standing", None)
 
     @admin.display(description="budget", ordering="agent")
@@ -60,7 +60,7 @@ class BudgetAdmin(admin.ModelAdmin):
     @admin.display(description="resets")
     def resets(self, obj: Budget) -> str:
         s = self._standing(obj)
-        return guard.reset_text(s.end) if s else "-"
+        return standings.reset_text(s.end) if s else "-"
 
     def has_change_permission(self, request: HttpRequest, obj: Budget | None = None) -> bool:
         # The file wins at every start: an edit here would silently come undone.

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from budgets.values import BudgetError, Period, parse_action, parse_limit, parse_pct
+from budgets.values import BudgetError, Period, key_of, parse_action, parse_limit, parse_pct
 from tokenpak_site.conf import ConfigError
 
 log = logging.getLogger("tokenpak.budget")
@@ -45,11 +45,6 @@ class Declared:
     @property
     def scope(self) -> tuple[str, str]:
         return self.agent, self.period
-
-
-def key_of(agent: str, period: str) -> str:
-    """Where config.yaml declares the (agent, period) budget: budget.agents.coder.daily_usd."""
-    return f"{f'budget.agents.{agent}' if agent else 'budget'}.{period}_usd"
 
 
 def parse(block: Any) -> list[Declared]:

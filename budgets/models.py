@@ -15,8 +15,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
-from budgets.declared import key_of
-from budgets.values import REPORT_PERIOD, Action, BudgetError, Period, Source
+from budgets.values import REPORT_PERIOD, Action, BudgetError, Period, Source, key_of
 from telemetry import reports
 from telemetry.models import NANO
 
@@ -142,7 +141,7 @@ class Spend(models.Model):
 
 class Hold(models.Model):
     """What one request in flight may cost, held against one Spend until its row lands; or a
-    serving process's lease (trace_id `lease:…`, see budgets.guard), renewed while it lives."""
+    serving process's lease (trace_id `lease:…`, see budgets.leases), renewed while it lives."""
 
     spend = models.ForeignKey(Spend, on_delete=models.CASCADE, related_name="holds")
     trace_id = models.CharField(max_length=32, db_index=True)

@@ -29,6 +29,11 @@ STRICTNESS = {Action.WARN: 0, Action.ROUTE_CHEAP: 1, Action.BLOCK: 2}
 REPORT_PERIOD = {Period.DAILY: "today", Period.WEEKLY: "week", Period.MONTHLY: "month"}
 
 
+def key_of(agent: str, period: str) -> str:
+    """Where config.yaml declares the (agent, period) budget: budget.agents.coder.daily_usd."""
+    return f"{f'budget.agents.{agent}' if agent else 'budget'}.{period}_usd"
+
+
 class Source(models.TextChoices):
     CLI = "cli"
     ADMIN = "admin"

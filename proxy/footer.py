@@ -24,7 +24,7 @@ from asgiref.sync import sync_to_async
 
 from proxy.sse import parse_event
 from telemetry import pricing
-from telemetry.ledger import Record
+from telemetry.record import Record
 
 SEPARATOR = "\n\n"
 # Finishes where the answer is a tool call: a program reads it, so it gets no footer.

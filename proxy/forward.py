@@ -24,13 +24,14 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
 
-from budgets import guard
-from budgets.guard import Verdict
+from budgets import admission
+from budgets.admission import Verdict
 from proxy import answers, auth, compression, footer, intake, limits, paths, upstream
 from proxy.providers import OPENAI, Provider, StreamTap
 from proxy.sse import EventSplitter
-from telemetry.ledger import Record, new_trace_id, record
 from telemetry.models import Status
+from telemetry.record import Record, new_trace_id
+from telemetry.writer import record
 from tokenpak_site.logs import redact_headers
 from tokenpak_site.text import HEADER_FORBIDDEN
 
@@ -167,9 +168,9 @@ async def forward(request: HttpRequest, route: Route) -> HttpResponse:
         if outcome.changed:
             payload, rewrite = outcome.payload, True
 
-    verdict = guard.WITHIN
+    verdict = admission.WITHIN
     if route.billable:
-        verdict = await guard.check(rec, payload, len(body))
+        verdict = await admission.check(rec, payload, len(body))
         rec.held = verdict.held
         if verdict.action:
             rec.route_note = _route_note(rec, verdict)

@@ -8,12 +8,11 @@ columns, and the date hierarchy is built from the first and last timestamps alon
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from datetime import datetime, time, timedelta
+from datetime import datetime, timedelta
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import FieldError, ValidationError
@@ -28,26 +27,27 @@ from django.http import (
 )
 from django.utils import formats
 from django.utils.text import capfirst
-from import_export import fields, resources
 from import_export.admin import ExportMixin
 from import_export.formats import base_formats
 from import_export.forms import ExportForm
-from import_export.widgets import BooleanWidget, DecimalWidget, IntegerWidget
 
 from telemetry import exporting, reports
+from telemetry.admin_export import EventResource
+from telemetry.admin_filters import (
+    AgentFilter,
+    CompressedFilter,
+    DefaultPricedFilter,
+    TimeFilter,
+    ValuesFilter,
+)
 from telemetry.models import (
     Cost,
     Event,
     ModelPrice,
-    PricingSource,
     RecipeHit,
     Segment,
     Usage,
 )
-from tokenpak_site.text import xlsx_cell
-
-if TYPE_CHECKING:
-    from django.contrib.admin.filters import _ListFilterChoices  # the stubs' name, typing only
 
 
 @admin.register(ModelPrice)
@@ -69,173 +69,9 @@ class ModelPriceAdmin(admin.ModelAdmin):
     search_fields = ("model",)
     readonly_fields = ("updated_at",)
 
-    def save_model(self, request: HttpRequest, obj: ModelPrice, form: Any, change: bool
-                   ) -> None:
+    def save_model(self, request, obj, form, change) -> None:  # type: ignore[no-untyped-def]
         obj.source = "admin"
         super().save_model(request, obj, form, change)
-
-
-# --- the request list: filters ----------------------------------------------------------------
-
-
-def _narrow(qs: QuerySet[Event], **filters: Any) -> QuerySet[Event]:
-    """qs, narrowed exactly as the `cost` command narrows: reports.events is the one definition
-    of what a filter means, so the admin's totals and the command's agree to the cent."""
-    return qs & reports.events(reports.Filters(**filters))
-
-
-class ValuesFilter(admin.AllValuesFieldListFilter):
-    """Django's every-value filter, with its choices from the column's index (the provider,
-    model and agent indexes lead with the column) and a visible name for the empty value.
-
-    At most CHOICES of them (and the chosen one): clients invent agents and models by the
-    thousand, and each choice is a link on every list page (and a column of the facet counts'
-    query, which SQLite caps at 2,000). The search box finds the others."""
-
-    CHOICES = 50
-    name = ""  # the title, when not the column's name
-
-    def __init__(self, field: Any, *args: Any, **kwargs: Any) -> None:
-        super().__init__(field, *args, **kwargs)
-        choices = reports.distinct_values(field.name, self.CHOICES + 1)
-        more = len(choices) > self.CHOICES
-        del choices[self.CHOICES:]
-        choices += [v for v in self.lookup_val or () if v not in choices and "\x00" not in v]
-        # A list serves as well as Django's values_list() queryset: choices() iterates it.
-        self.lookup_choices = choices  # type: ignore[assignment]
-        self.title = self.name or self.title
-        if more:
-            self.title += f" (the first {self.CHOICES}: search for others)"
-
-    def choices(self, changelist: ChangeList) -> Iterator[_ListFilterChoices]:
-        for choice in super().choices(changelist):
-            if choice["display"] == "":
-                choice["display"] = "(none)"
-            yield choice
-
-
-class AgentFilter(ValuesFilter):
-    name = "agent"  # not the column's name, agent_id
-
-
-class CompressedFilter(admin.SimpleListFilter):
-    title = "compressed"
-    parameter_name = "compressed"
-
-    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple]:
-        return [("yes", "Yes"), ("no", "No")]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Event]) -> QuerySet[Event]:
-        if self.value() == "yes":
-            return _narrow(queryset, compressed_only=True)
-        if self.value() == "no":
-            return queryset.filter(tokens_saved__lte=0)
-        return queryset
-
-
-class DefaultPricedFilter(admin.SimpleListFilter):
-    """Rows priced at the $3 / $15 fallback: models the catalog and overrides do not know."""
-
-    title = "default-priced"
-    parameter_name = "default_priced"
-
-    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple]:
-        return [("yes", "Yes"), ("no", "No")]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Event]) -> QuerySet[Event]:
-        if self.value() == "yes":
-            return _narrow(queryset, default_priced_only=True)
-        if self.value() == "no":
-            return queryset.exclude(cost__pricing_source=PricingSource.DEFAULT)
-        return queryset
-
-
-class TimeFilter(admin.ListFilter):
-    """Today, this week, the last 7 days, this month (in the configured zone, as the `cost`
-    command counts them), and ?since= / ?until= (YYYY-MM-DD, both days included). A bad value
-    is reported on the page and ignored, never a 500."""
-
-    title = "time"
-    PERIODS = {"today": "Today", "week": "This week", "7d": "Last 7 days", "month": "This month"}
-    PARAMS = ("period", "since", "until")
-
-    def __init__(self, request: HttpRequest, params: dict, model: type, model_admin: Any) -> None:
-        super().__init__(request, params, model, model_admin)
-        for name in self.PARAMS:
-            # Popped even when empty (the since/until form sends both), or Django would take
-            # the name for a column.
-            value = params.pop(name, [""])[-1].strip()
-            if value:
-                self.used_parameters[name] = value
-        self.since, self.until = self._bounds(request)
-
-    def _bounds(self, request: HttpRequest) -> tuple[datetime | None, datetime | None]:
-        since: datetime | None = None
-        until: datetime | None = None
-        period = cast("str | None", self.used_parameters.get("period"))  # __init__ puts strings
-        try:
-            if period:
-                since, until = self._period(period)
-        except reports.ReportError as e:
-            messages.error(request, f"{e}: time filter ignored")
-        for name, end in (("since", False), ("until", True)):
-            text = cast(str, self.used_parameters.get(name, ""))
-            if not text:
-                continue
-            try:
-                moment = reports.parse_date(text, end=end)
-            except reports.ReportError as e:
-                messages.error(request, f"{name}: {e}: ignored")
-                continue
-            # Several bounds at once (a period and a day range): rows must satisfy all of them.
-            if end:
-                until = moment if until is None else min(until, moment)
-            else:
-                since = moment if since is None else max(since, moment)
-        return since, until
-
-    def _period(self, name: str) -> tuple[datetime, datetime]:
-        if name == "7d":  # today and the six days before, whole local days
-            start, end = reports.period("today")
-            first = datetime.combine(start.date() - timedelta(days=6), time.min, reports.zone())
-            return first, end
-        if name not in self.PERIODS:
-            raise reports.ReportError(f"unknown period {name!r}")
-        return reports.period(name)
-
-    def has_output(self) -> bool:
-        return True
-
-    def expected_parameters(self) -> list[str | None]:
-        return list(self.PARAMS)
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Event]) -> QuerySet[Event]:
-        if self.since is None and self.until is None:
-            return queryset
-        return _narrow(queryset, since=self.since, until=self.until)
-
-    def choices(self, changelist: ChangeList) -> Iterator[_ListFilterChoices]:
-        period = self.used_parameters.get("period")
-        custom = "since" in self.used_parameters or "until" in self.used_parameters
-        yield {
-            "selected": not period and not custom,
-            "query_string": changelist.get_query_string(remove=self.PARAMS),
-            "display": "Any time",
-        }
-        for value, label in self.PERIODS.items():
-            yield {
-                "selected": period == value and not custom,
-                "query_string": changelist.get_query_string({"period": value}, self.PARAMS),
-                "display": label,
-            }
-        if custom:
-            since = self.used_parameters.get("since", "…")
-            until = self.used_parameters.get("until", "…")
-            yield {
-                "selected": True,
-                "query_string": changelist.get_query_string(),
-                "display": f"{since} to {until}",
-            }
 
 
 # --- the request list: count, totals, dates ---------------------------------------------------
@@ -244,8 +80,6 @@ class TimeFilter(admin.ListFilter):
 class LedgerPaginator(Paginator):
     """Pages counted from the totals shown above the list: one aggregate over the covering ts
     index serves both, instead of a COUNT(*) and then the sums."""
-
-    object_list: QuerySet[Event]  # what LedgerChangeList pages
 
     @cached_property
     def totals(self) -> reports.Totals:
@@ -260,8 +94,7 @@ class LedgerChangeList(ChangeList):
     DATE_PARAMS = ("created_at__year", "created_at__month", "created_at__day")
 
     def get_filters(self, request: HttpRequest) -> tuple:
-        specs, has_filters, params, duplicates, active = super().get_filters(request)
-        lookups = cast(dict[str, Any], params)  # lists of values since Django 5.0; stubs: one
+        specs, has_filters, lookups, duplicates, active = super().get_filters(request)
         # The date hierarchy narrows created_at, whose index does not cover the figures; the
         # same instants on ts use the covering index, so a month's totals never read the table.
         for op in ("gte", "lt"):
@@ -337,87 +170,6 @@ class LedgerChangeList(ChangeList):
                             for y in range(lo.year, hi.year + 1)]}
 
 
-
-
-# --- the request list: export -----------------------------------------------------------------
-
-
-EXPORT_COLUMNS = (
-    # tp_events
-    "trace_id", "request_id", "ts", "created_at", "provider", "model", "requested_model",
-    "sent_model", "agent_id", "session_id", "event_type", "endpoint", "stream", "status",
-    "error_class", "upstream_status", "duration_ms", "ttfb_ms", "usage_source",
-    "input_tokens", "output_tokens", "tokens_saved",
-    # tp_usage
-    "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens", "reasoning_tokens",
-    "estimated",
-    # tp_costs
-    "cost_usd", "cost_saved_usd", "pricing_source", "priced_as",
-)
-
-
-class PlainDecimalWidget(DecimalWidget):
-    """Dollars as plain digits: str(Decimal) writes a zero cost as '0E-9', and the locale's
-    number format could group or round them. XLSX still gets the number itself."""
-
-    def render(self, value: Any, obj: Any = None, **kwargs: Any) -> Any:
-        if value is None or kwargs.get("force_native_type"):
-            return value
-        return format(value, "f")
-
-
-class EventResource(resources.ModelResource):
-    """One row per request, with its usage detail and exact cost joined in. Never the stored
-    prompts: an export is for accounting, and files travel."""
-
-    cache_read_tokens = fields.Field("usage__cache_read_tokens", "cache_read_tokens",
-                                     widget=IntegerWidget(coerce_to_string=False))
-    cache_write_tokens = fields.Field("usage__cache_write_tokens", "cache_write_tokens",
-                                      widget=IntegerWidget(coerce_to_string=False))
-    cache_write_1h_tokens = fields.Field("usage__cache_write_1h_tokens", "cache_write_1h_tokens",
-                                         widget=IntegerWidget(coerce_to_string=False))
-    reasoning_tokens = fields.Field("usage__reasoning_tokens", "reasoning_tokens",
-                                    widget=IntegerWidget(coerce_to_string=False))
-    estimated = fields.Field("usage__estimated", "estimated",
-                             widget=BooleanWidget(coerce_to_string=False))
-    # Exact Decimal dollars from tp_costs: their sum is the totals' cost to the 1e-9.
-    cost_usd = fields.Field("cost__cost_usd", "cost_usd", widget=PlainDecimalWidget())
-    cost_saved_usd = fields.Field("cost__cost_saved_usd", "cost_saved_usd",
-                                  widget=PlainDecimalWidget())
-    pricing_source = fields.Field("cost__pricing_source", "pricing_source")
-    priced_as = fields.Field("cost__priced_as", "priced_as")
-
-    class Meta:
-        model = Event
-        fields = EXPORT_COLUMNS
-        export_order = EXPORT_COLUMNS
-        # Numbers stay numbers in JSON and XLSX; the time carries its offset.
-        widgets = {
-            **{name: {"coerce_to_string": False} for name in (
-                "ts", "stream", "upstream_status", "duration_ms", "ttfb_ms", "input_tokens",
-                "output_tokens", "tokens_saved")},
-            "created_at": {"format": "%Y-%m-%dT%H:%M:%S%z"},
-        }
-        # Rows stream from the database this many at a time, never the whole ledger at once.
-        chunk_size = 2000
-
-    @cached_property
-    def _columns(self) -> list[fields.Field]:
-        return self.get_export_fields()
-
-    def export_resource(self, instance: Event, selected_fields: Any = None, **kwargs: Any) -> list:
-        # import-export finds each column again by name for every row and every cell, a third
-        # of an export's time; the columns are fixed (and have no dehydrate_ methods), so the
-        # row is just each field's value.
-        if selected_fields:
-            row = super().export_resource(instance, selected_fields, **kwargs)
-        else:
-            row = [field.export(instance, **kwargs) for field in self._columns]
-        if kwargs.get("force_native_type"):
-            # A spreadsheet file (import-export's binary formats: the XLSX download): text as
-            # cells no spreadsheet runs as a formula, with what XLSX cannot hold escaped.
-            return [xlsx_cell(v) if isinstance(v, str) else v for v in row]
-        return row
 
 
 # --- the request list: read-only detail -------------------------------------------------------
@@ -637,7 +389,6 @@ class EventAdmin(ExportMixin, admin.ModelAdmin):
             return HttpResponseBadRequest(f"Bad filter in the export's address: {e}",
                                           content_type="text/plain; charset=utf-8")
 
-    def get_export_filename(self, request: HttpRequest, queryset: QuerySet, file_format: Any
-                            ) -> str:
+    def get_export_filename(self, request: HttpRequest, queryset: QuerySet, file_format) -> str:  # type: ignore[no-untyped-def]
         stamp = datetime.now(reports.zone()).strftime("%Y-%m-%d-%H%M")
         return f"tokenpak-requests-{stamp}.{file_format.get_extension()}"

@@ -16,18 +16,16 @@ one debugs); model lists and count_tokens are not worth a slot. Credentials neve
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from django.db import DatabaseError, connection, transaction
 from django.db.models import F
 
 from telemetry.models import Capture, DebugSwitch, Status
+from telemetry.record import Record
 from tokenpak_site.logs import is_secret
 from tokenpak_site.text import storable
-
-if TYPE_CHECKING:
-    from telemetry.ledger import Record
 
 log = logging.getLogger("tokenpak.ledger")
 

@@ -4,46 +4,33 @@ The views render these, the JSON and CSV downloads serialise the same objects, a
 comes from SQL aggregates (telemetry.reports and the queries here), so a page, its download and
 the `cost` command agree to the cent. Money stays Decimal until it is formatted.
 
-Latency percentiles come from a histogram the database builds with buckets 1 % wide on a log
-scale (one GROUP BY, on SQLite and PostgreSQL alike), read at each bucket's geometric middle
-and kept inside the smallest and largest value the bucket really holds: within 0.5 % of the
-exact value plus 0.01 ms, at the cost of one scan whatever the ledger's size.
+Latency and timing distributions come from telemetry.distribution (one GROUP BY each).
 """
 
 from __future__ import annotations
 
-import itertools
-import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any
 
 from django.db.models import (
     Case,
     Count,
     F,
     FloatField,
-    Func,
     IntegerField,
-    Max,
-    Min,
     QuerySet,
     Sum,
     When,
 )
 from django.db.models.functions import Coalesce
 
-from budgets import guard
 from telemetry import listing, reports
+from telemetry.distribution import Bucket, bins, distribution, percentiles, range_names
 from telemetry.models import Event, RecipeHit, Segment, Status
-
-if TYPE_CHECKING:
-    from django.db.backends.base.base import BaseDatabaseWrapper
-    from django.db.models.sql.compiler import SQLCompiler
-
 
 # The serving process's start: "this session" on the overview.
 STARTED = time.time()
@@ -132,6 +119,17 @@ def default_range(label: str, f: reports.Filters) -> tuple[str, reports.Filters]
 
 # --- the views -------------------------------------------------------------------------------
 
+# Sections other apps put on the overview, ahead of the latest requests, in the order they were
+# added: the budgets' (budgets/apps.py). The dashboard shows them without importing those apps.
+_OVERVIEW: list[Callable[[], Section]] = []
+
+
+def add_to_overview(make: Callable[[], Section]) -> None:
+    """Show the section make() returns on every overview."""
+    if make not in _OVERVIEW:
+        _OVERVIEW.append(make)
+
+
 
 def overview(label: str, f: reports.Filters) -> View:
     qs = reports.events(f)
@@ -150,7 +148,7 @@ def overview(label: str, f: reports.Filters) -> View:
         Card("Compression rate", ranged.savings_pct, "pct",
              hint=f"{ranged.tokens_saved:,} input tokens saved"),
     ])
-    view.sections = [budgets_section(), recent_section(qs)]
+    view.sections = [*(make() for make in _OVERVIEW), recent_section(qs)]
     return view
 
 
@@ -336,27 +334,6 @@ def breakdown_section(qs: QuerySet[Event], by: str, title: str, total: reports.T
         rows, Chart("hbars", by, ("cost_usd",), "usd"), note=note)
 
 
-def budgets_section() -> Section:
-    rows = []
-    for s in guard.current():
-        b = s.budget
-        spent = reports.usd(s.spent_nano)
-        rows.append({
-            "budget": b.label, "agent": b.agent or "(all traffic)", "limit_usd": b.limit_usd,
-            "spent_usd": spent, "used_pct": 100.0 * s.spent_nano / b.limit_nano
-            if b.limit_nano else 100.0,
-            "alert_at_pct": b.alert_at_pct,
-            "state": "exceeded" if s.exceeded else "alert" if s.alerting else "ok",
-            "on_exceeded": b.on_exceeded, "resets": guard.reset_text(s.end),
-        })
-    return Section("budgets", "Budgets", [
-        Column("budget", "Budget"), Column("agent", "Agent"), Column("limit_usd", "Limit", "usd"),
-        Column("spent_usd", "Spent", "usd"), Column("used_pct", "Used", "pct"),
-        Column("state", "State"), Column("on_exceeded", "On exceeded"),
-        Column("resets", "Resets")], rows, Chart("gauges", "budget", ("used_pct",), "pct"),
-        empty="No budgets set: `tokenpak budget set --monthly 50` makes one.")
-
-
 def recent_section(qs: QuerySet[Event]) -> Section:
     rows = [request_row(e) for e in listing.page(qs, "", RECENT).rows]
     return Section("recent", "Latest requests", REQUEST_COLUMNS, rows,
@@ -375,82 +352,8 @@ def request_row(e: Event) -> dict[str, Any]:
     }
 
 
-class LogBucket(Func):
-    """value → its bucket on a log scale, STEPS buckets per factor e (about 1 % wide)."""
-
-    STEPS = 100
-    output_field = IntegerField()
-
-    def as_sql(  # type: ignore[override]  # writes its SQL: none of Func's template args
-        self, compiler: SQLCompiler, connection: BaseDatabaseWrapper, **extra: Any
-    ) -> tuple[str, Any]:
-        sql, params = compiler.compile(self.source_expressions[0])
-        if connection.vendor == "sqlite":  # values are never negative: truncation is floor
-            return f"CAST(ln(({sql}) + 1.0) * {self.STEPS} AS INTEGER)", params
-        return f"CAST(FLOOR(ln(({sql}) + 1.0) * {self.STEPS}) AS INTEGER)", params
-
-
-class Bucket(NamedTuple):
-    b: int
-    n: int
-    lo: float  # the bucket's smallest and largest value: a percentile never leaves them
-    hi: float
-
-
-def distribution(qs: QuerySet[Event], column: str) -> list[Bucket]:
-    """The column's log buckets in order, NULLs left out."""
-    rows = (qs.filter(**{f"{column}__isnull": False}).order_by()
-            .annotate(b=LogBucket(column)).values("b")
-            .annotate(n=Count("*"), lo=Min(column), hi=Max(column)))
-    return sorted(Bucket(r["b"], r["n"], r["lo"], r["hi"]) for r in rows)
-
-
-def bucket_value(b: int) -> float:
-    return math.exp((b + 0.5) / LogBucket.STEPS) - 1.0
-
-
-def percentiles(dist: list[Bucket], ps: Iterable[int] = (50, 95, 99)
-                ) -> dict[int, float | None]:
-    total = sum(x.n for x in dist)
-    result: dict[int, float | None] = {}
-    for p in ps:
-        if not total:
-            result[p] = None
-            continue
-        rank, seen = math.ceil(total * p / 100), 0
-        for x in dist:
-            seen += x.n
-            if seen >= rank:
-                result[p] = round(min(max(bucket_value(x.b), x.lo), x.hi), 2)
-                break
-    return result
-
-
 def _named(p: dict[int, float | None]) -> dict[str, float | None]:
     return {f"p{k}": v for k, v in p.items()}
-
-
-def bins(dist: list[Bucket], edges: Sequence[float], unit: str) -> list[dict[str, Any]]:
-    """Fine buckets folded into readable ranges (by each bucket's middle); empty when no rows."""
-    if not dist:
-        return []
-    counts = [0] * (len(edges) + 1)
-    for x in dist:
-        v = bucket_value(x.b)
-        counts[next((i for i, e in enumerate(edges) if v < e), len(edges))] += x.n
-    return [{"range": name, "requests": n} for name, n in zip(range_names(edges, unit), counts,
-                                                              strict=True)]
-
-
-def range_names(edges: Sequence[float], unit: str) -> list[str]:
-    def say(v: float) -> str:
-        if unit == "ms" and v >= 1000:
-            return f"{v / 1000:g} s"
-        return f"{v:g} {unit}" if unit == "ms" else f"{v:g}{unit}"
-
-    names = [f"< {say(edges[0])}"]
-    names += [f"{say(a)} – {say(b)}" for a, b in itertools.pairwise(edges)]
-    return [*names, f"≥ {say(edges[-1])}"]
 
 
 def latency_rows(duration: list[Bucket], ttfb: list[Bucket]

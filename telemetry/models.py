@@ -1,7 +1,7 @@
 """The ledger. Table and column names are a public contract: people query the SQLite file.
 
 Seed columns keep their names and types (`ts` REAL unix time, `cache_hit` boolean); everything
-else is an addition. Only telemetry.ledger writes these rows while serving.
+else is an addition. Only telemetry.writer writes these rows while serving.
 """
 
 from __future__ import annotations

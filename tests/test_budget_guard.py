@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from budgets import guard
+from budgets import admission, standings
 from budgets.models import Budget, CheapRoute, Hold, Spend
 from telemetry import reports
 from telemetry.models import NANO, Event
@@ -243,7 +243,7 @@ def test_it_counts_spend_exactly_as_the_ledger_does(start_server, fake, rows):
                               period_start=reports.period("today")[0].timestamp())
     assert coder.spent_nano == events[0].cost_nano_usd
     # Far from the limits the server keeps leases; no request's own hold outlives its row.
-    wait_for(lambda: not Hold.objects.exclude(trace_id__startswith=guard.LEASE_PREFIX).exists())
+    wait_for(lambda: not Hold.objects.exclude(trace_id__startswith=standings.LEASE_PREFIX).exists())
     server.stop()  # a clean stop gives the leases back
     assert Hold.objects.count() == 0
 
@@ -263,7 +263,7 @@ def test_it_never_lets_50_concurrent_requests_overshoot_a_nearly_spent_budget(
     [seed] = rows(1)
     body = json.dumps({"model": "claude-sonnet-4-6", "max_tokens": MAX_TOKENS,
                        "messages": ASK}).encode()
-    held = guard.reservation("claude-sonnet-4-6", "anthropic", len(body), MAX_TOKENS)
+    held = standings.reservation("claude-sonnet-4-6", "anthropic", len(body), MAX_TOKENS)
     headers = {"x-api-key": ANTHROPIC_KEY, "anthropic-version": "2023-06-01",
                "content-type": "application/json",
                # Every request stays in flight a while, so all 50 overlap.
@@ -298,7 +298,7 @@ def test_it_never_lets_50_concurrent_requests_overshoot_a_nearly_spent_budget(
 
 def _ledger_row(ts: float, cost: str, agent: str = "") -> None:
     """A row as the ledger writer leaves it: for spend in a period the proxy never saw."""
-    from telemetry.ledger import new_trace_id
+    from telemetry.record import new_trace_id
 
     Event.objects.create(trace_id=new_trace_id(ts), event_type="messages", ts=ts,
                          provider="anthropic", model="claude-sonnet-4-6", agent_id=agent,
@@ -314,7 +314,7 @@ def test_it_starts_each_period_from_that_periods_spend(start_server, fake, rows)
     reply = oai(server).chat.completions.create(model="gpt-4o-mini", messages=ASK)
     assert reply.choices[0].message.content == DEFAULT_TEXT
     wait_for(lambda: Event.objects.count() == 3)
-    [standing] = guard.current()
+    [standing] = standings.current()
     assert standing.start.timestamp() == today
     assert Decimal("0.50") < reports.usd(standing.spent_nano) < Decimal("0.51")
 
@@ -328,8 +328,8 @@ def test_it_rolls_over_at_midnight_in_the_configured_zone(settings):
     _ledger_row(noon, "1.20")
     last_second, next_day = end.timestamp() - 1, end.timestamp() + 1
 
-    def decide(ts: float) -> guard.Verdict:
-        return guard.admit("0" * 32, "", "anthropic", "claude-haiku-4-5", 500, 100, ts)
+    def decide(ts: float) -> admission.Verdict:
+        return admission.admit("0" * 32, "", "anthropic", "claude-haiku-4-5", 500, 100, ts)
 
     assert decide(last_second).blocked
     after = decide(next_day)

@@ -19,12 +19,14 @@ from django.db import connections
 from django.db.backends.utils import CursorWrapper
 from django.db.models import F
 
-from budgets import guard
+from budgets import admission, standings
+from budgets import leases as budget_leases
 from budgets.models import Budget, Hold, Spend
-from telemetry import ledger, reports
-from telemetry.ledger import Record, new_trace_id
+from telemetry import reports
 from telemetry.models import Event
+from telemetry.record import Record, new_trace_id
 from telemetry.usage import TokenUsage
+from telemetry.writer import LedgerWriter
 from tests.conftest import wait_for
 from tests.test_budget_guard import ANTHROPIC_KEY, ASK, budget, spend, usage
 
@@ -35,7 +37,7 @@ BODY_SIZE = len(json.dumps(PAYLOAD))
 
 
 def leases() -> list[Hold]:
-    return list(Hold.objects.filter(trace_id__startswith=guard.LEASE_PREFIX))
+    return list(Hold.objects.filter(trace_id__startswith=standings.LEASE_PREFIX))
 
 
 # --- through the front door -----------------------------------------------------------------
@@ -56,7 +58,7 @@ def test_it_admits_a_concurrent_burst_on_leases_across_three_processes_and_gives
     budget("1000", "block")
     workers = [start_server(home=tmp_path / f"worker{i}") for i in range(3)]
     body = json.dumps(PAYLOAD).encode()
-    r = guard.reservation(MODEL, "anthropic", len(body), MAX_TOKENS)
+    r = standings.reservation(MODEL, "anthropic", len(body), MAX_TOKENS)
     headers = {"x-api-key": ANTHROPIC_KEY, "anthropic-version": "2023-06-01",
                "content-type": "application/json", **usage(input_tokens=10, output_tokens=300)}
 
@@ -70,7 +72,8 @@ def test_it_admits_a_concurrent_burst_on_leases_across_three_processes_and_gives
     # Each process's first request is decided exactly; then its lessor leases for that size.
     assert asyncio.run(burst(3)) == [200] * 3
     rows(3)
-    wait_for(lambda: len([h for h in leases() if h.amount_nano >= guard.LEASE_UNITS * r]) == 3)
+    wait_for(lambda: len([h for h in leases()
+                          if h.amount_nano >= budget_leases.LEASE_UNITS * r]) == 3)
     assert len({h.trace_id.rsplit(":", 2)[1] for h in leases()}) == 3  # one per process pid
     before = probe()
     # Every request stays in flight a while, so each process holds 30 at once.
@@ -81,8 +84,8 @@ def test_it_admits_a_concurrent_burst_on_leases_across_three_processes_and_gives
     start = reports.period("month")[0].timestamp()
     counter = Spend.objects.get(agent="", period="monthly", period_start=start)
     assert counter.spent_nano == sum(e.cost_nano_usd for e in events)
-    wait_for(lambda: not Hold.objects.exclude(trace_id__startswith=guard.LEASE_PREFIX).exists())
-    [standing] = guard.current()
+    wait_for(lambda: not Hold.objects.exclude(trace_id__startswith=standings.LEASE_PREFIX).exists())
+    [standing] = standings.current()
     assert standing.leased_nano == standing.held_nano > 0
     assert standing.spent_nano + standing.held_nano <= standing.budget.limit_nano
     out = io.StringIO()
@@ -103,19 +106,19 @@ def test_it_voids_a_killed_processs_lease_after_the_hold_ttl(start_server, fake,
     wait_for(lambda: len(leases()) == 1)
     server.stop(signal.SIGKILL)  # no atexit: the lease stays behind
     [lease] = leases()
-    [standing] = guard.current()
+    [standing] = standings.current()
     assert standing.leased_nano == lease.amount_nano > 0
     # Leave less room than the dead lease holds: while it counts, a small request is blocked.
     Spend.objects.filter(pk=standing.spend_id).update(
         spent_nano=limit.limit_nano - lease.amount_nano // 2)
 
-    def small() -> guard.Verdict:
-        return guard.admit(new_trace_id(), "", "anthropic", "claude-haiku-4-5", 500, 100,
+    def small() -> admission.Verdict:
+        return admission.admit(new_trace_id(), "", "anthropic", "claude-haiku-4-5", 500, 100,
                            time.time())
 
     assert small().blocked
-    Hold.objects.filter(pk=lease.pk).update(created=F("created") - guard.hold_ttl() - 1)
-    [standing] = guard.current()
+    Hold.objects.filter(pk=lease.pk).update(created=F("created") - standings.hold_ttl() - 1)
+    [standing] = standings.current()
     assert standing.held_nano == standing.leased_nano == 0
     verdict = small()
     assert not verdict.action and verdict.held
@@ -130,14 +133,14 @@ class NoExecutor(Executor):
 
 
 @pytest.fixture
-def lessor(monkeypatch: pytest.MonkeyPatch) -> Iterator[guard.Lessor]:
+def lessor(monkeypatch: pytest.MonkeyPatch) -> Iterator[budget_leases.Lessor]:
     """A lessor of this test's own, refreshed by hand: no background thread in pytest."""
-    fresh = guard.Lessor()
+    fresh = budget_leases.Lessor()
     monkeypatch.setattr(fresh, "start", lambda: None)
-    monkeypatch.setattr(guard, "lessor", fresh)
+    monkeypatch.setattr(budget_leases, "lessor", fresh)
     # A budget thread of this test's own, whose connection goes before the test database does.
     pool = ThreadPoolExecutor(max_workers=1)
-    monkeypatch.setattr(guard, "_pool", pool)
+    monkeypatch.setattr(admission, "_pool", pool)
     yield fresh
     fresh.release_all()
     pool.submit(connections.close_all).result()
@@ -169,11 +172,11 @@ def request(agent: str = "") -> Record:
                   requested_model=MODEL, sent_model=MODEL)
 
 
-def check(rec: Record) -> guard.Verdict:
-    return asyncio.run(guard.check(rec, dict(PAYLOAD), BODY_SIZE))
+def check(rec: Record) -> admission.Verdict:
+    return asyncio.run(admission.check(rec, dict(PAYLOAD), BODY_SIZE))
 
 
-def leased(lessor: guard.Lessor, period: str = "monthly") -> guard.Lease:
+def leased(lessor: budget_leases.Lessor, period: str = "monthly") -> budget_leases.Lease:
     first = check(request())  # nothing cached yet: the exact path, which also sizes the lease
     assert first.held and not first.action
     lessor.refresh()
@@ -184,27 +187,27 @@ def leased(lessor: guard.Lessor, period: str = "monthly") -> guard.Lease:
 def test_it_admits_on_a_lease_without_a_query_or_a_thread_hop(lessor, sql, monkeypatch):
     budget("100", "block", alert=1)
     lease = leased(lessor)
-    r = guard.reservation(MODEL, "anthropic", BODY_SIZE, MAX_TOKENS)
-    assert lease.free == guard.LEASE_UNITS * r and lease.inflight == 0
+    r = standings.reservation(MODEL, "anthropic", BODY_SIZE, MAX_TOKENS)
+    assert lease.free == budget_leases.LEASE_UNITS * r and lease.inflight == 0
     assert Hold.objects.get(pk=lease.hold_id).amount_nano == lease.free
     Spend.objects.filter(pk=lease.spend_id).update(spent_nano=F("spent_nano") + 2 * 10**9)
     lessor.refresh()  # $2 spent elsewhere: past the 1 % alert
 
-    monkeypatch.setattr(guard, "_pool", NoExecutor())
+    monkeypatch.setattr(admission, "_pool", NoExecutor())
     del sql[:]
     rec = request()
     verdict = check(rec)
     assert sql == []
     assert (verdict.action, verdict.held, verdict.alert) == ("", False, True)
     assert rec.leases == [(lease.hold_id, r)]
-    assert (lease.free, lease.inflight) == ((guard.LEASE_UNITS - 1) * r, r)
+    assert (lease.free, lease.inflight) == ((budget_leases.LEASE_UNITS - 1) * r, r)
 
     # An agent without a budget of its own, when only another agent has one: no I/O either.
     Budget.objects.all().delete()
     budget("100", "block", agent="coder")
     lessor.read_budgets()
     del sql[:]
-    assert check(request("reviewer")) is guard.WITHIN
+    assert check(request("reviewer")) is admission.WITHIN
     assert sql == []
     assert Hold.objects.exists() and sql  # the spy does see this thread's queries
 
@@ -221,7 +224,7 @@ def test_it_settles_a_leased_request_against_its_lease_row_and_in_flight_figure(
     free, spent = lease.free, lease.spent_nano
     rec.usage = TokenUsage(input_tokens=20, output_tokens=300)
     rec.finish("ok")
-    ledger.LedgerWriter()._write([rec])  # the writer's transaction, on this thread
+    LedgerWriter()._write([rec])  # the writer's transaction, on this thread
 
     event = Event.objects.get(trace_id=rec.trace_id)
     assert Event.objects.count() == first + 1 and 0 < event.cost_nano_usd < r
@@ -238,10 +241,10 @@ def test_it_settles_a_leased_request_against_its_lease_row_and_in_flight_figure(
 def test_it_releases_a_leases_free_part_near_the_limit(lessor):
     limit = budget("100", "block")
     lease = leased(lessor)
-    r = guard.reservation(MODEL, "anthropic", BODY_SIZE, MAX_TOKENS)
+    r = standings.reservation(MODEL, "anthropic", BODY_SIZE, MAX_TOKENS)
     # Less unbound capacity than NEAR_UNITS requests: the lease gives back what it has free.
     Spend.objects.filter(pk=lease.spend_id).update(
-        spent_nano=limit.limit_nano - (guard.NEAR_UNITS - 1) * r)
+        spent_nano=limit.limit_nano - (budget_leases.NEAR_UNITS - 1) * r)
     lessor.refresh()
     assert ("", "monthly") not in lessor.leases and not leases()
     rec = request()
@@ -266,7 +269,7 @@ def test_it_moves_a_lease_to_the_new_period_and_settles_the_old_one(lessor):
     assert Hold.objects.get(pk=old_id).amount_nano == r
     rec.usage = TokenUsage(input_tokens=20, output_tokens=300)
     rec.finish("ok")
-    ledger.LedgerWriter()._write([rec])
+    LedgerWriter()._write([rec])
     assert Hold.objects.get(pk=old_id).amount_nano == 0 and lease.inflight == 0
     lessor.refresh(tomorrow)
     assert not Hold.objects.filter(pk=old_id).exists()
@@ -277,19 +280,19 @@ def test_it_moves_a_lease_to_the_new_period_and_settles_the_old_one(lessor):
 def test_it_gives_back_its_free_lease_when_an_exact_check_would_see_it_exceeded(lessor):
     limit = budget("100", "block")
     lease = leased(lessor)
-    r = guard.reservation(MODEL, "anthropic", BODY_SIZE, MAX_TOKENS)
+    r = standings.reservation(MODEL, "anthropic", BODY_SIZE, MAX_TOKENS)
     # Counting this process's own free lease (and the first request's hold), nothing is left.
     free = lease.free
     Spend.objects.filter(pk=lease.spend_id).update(spent_nano=limit.limit_nano - free - r)
-    [standing] = guard.current()
+    [standing] = standings.current()
     assert standing.exceeded and standing.leased_nano == lease.free
-    verdict = guard.admit(new_trace_id(), "", "anthropic", "claude-haiku-4-5", 500, 100,
+    verdict = admission.admit(new_trace_id(), "", "anthropic", "claude-haiku-4-5", 500, 100,
                           time.time())
     assert verdict.held and not verdict.action
     assert lease.free == 0 and Hold.objects.get(pk=lease.hold_id).amount_nano == 0
     # Another process's lease is a reservation like any hold: that one still counts.
     Hold.objects.filter(pk=lease.hold_id).update(amount_nano=free)
-    assert guard.admit(new_trace_id(), "", "anthropic", "claude-haiku-4-5", 500, 100,
+    assert admission.admit(new_trace_id(), "", "anthropic", "claude-haiku-4-5", 500, 100,
                        time.time()).blocked
 
 

@@ -17,8 +17,8 @@ from django.db import connections
 from proxy import footer
 from proxy.footer import AnthropicFooter, OpenAIChatFooter, format_footer
 from telemetry import pricing
-from telemetry.ledger import Record
 from telemetry.models import ModelPrice
+from telemetry.record import Record
 from tests.conftest import _server_env
 from tests.fakeprovider import DEFAULT_TEXT, TOOL_ARGUMENTS
 from tests.live import LiveServer

@@ -120,11 +120,12 @@ def test_it_records_a_provider_answer_holding_values_no_database_takes(case, ser
 
 def _rows_line(trace_id: str, **values: object) -> dict:
     """A `w` line as the writer of any version spools it when the database is down."""
-    from telemetry import ledger
+    from telemetry.record import Record
+    from telemetry.rows import rows_of
 
-    r = ledger.Record(trace_id=trace_id, provider="openai", event_type="chat.completions",
+    r = Record(trace_id=trace_id, provider="openai", event_type="chat.completions",
                       endpoint="/v1/chat/completions", ts=time.time(), status="ok")
-    row = ledger._rows(r)
+    row = rows_of(r)
     row[0].update(values)
     return {"w": row, "held": False}
 
@@ -270,7 +271,7 @@ def test_it_settles_budgets_once_for_each_written_part_of_a_split_batch(refuse, 
     """Spend is the ledger's sum: the parts of a split batch settle their own rows once, the
     row stored in plain ASCII counts, the row set aside counts nowhere; no hold outlives its
     request."""
-    from budgets import guard
+    from budgets import standings
     from budgets.models import Hold, Spend
     from telemetry import reports
     from tests.test_budget_guard import ASK, budget, claude, usage
@@ -295,4 +296,4 @@ def test_it_settles_budgets_once_for_each_written_part_of_a_split_batch(refuse, 
     today = Spend.objects.get(agent="coder", period="daily",
                               period_start=reports.period("today")[0].timestamp())
     assert month.spent_nano == today.spent_nano == total
-    wait_for(lambda: not Hold.objects.exclude(trace_id__startswith=guard.LEASE_PREFIX).exists())
+    wait_for(lambda: not Hold.objects.exclude(trace_id__startswith=standings.LEASE_PREFIX).exists())

@@ -128,14 +128,14 @@ def test_it_says_so_when_the_ledger_is_already_empty(transactional_db):
 
 
 def test_it_resets_budget_spend_with_the_rows_and_keeps_the_budgets(ledger):
-    from budgets import guard
+    from budgets import standings
     from budgets.models import Budget, Spend
 
     Budget.objects.create(period="monthly", limit_usd=Decimal("50"))
-    [before] = guard.current()
+    [before] = standings.current()
     month = Event.objects.filter(ts__gte=before.start.timestamp())
     assert before.spent_nano == sum(month.values_list("cost_nano_usd", flat=True)) > 0
     purge(telemetry=True, yes=True)
     assert not Spend.objects.exists() and Budget.objects.count() == 1
-    [after] = guard.current()
+    [after] = standings.current()
     assert after.spent_nano == 0

@@ -291,15 +291,16 @@ def test_it_skips_rows_the_database_already_holds(kind, start_server, fake, tmp_
     files = list(spool_dir.glob("*.jsonl"))
     assert files == [] or all(f.stat().st_size == 0 for f in files)
     name = next(spool_dir.glob("*.state")).name.removesuffix(".state")
-    from telemetry import ledger
     from telemetry.models import Event
+    from telemetry.record import Record
+    from telemetry.rows import rows_of
 
     event = Event.objects.get(trace_id=trace_id)
     line = {"r": {"trace_id": trace_id, "provider": "anthropic", "event_type": "messages",
                   "endpoint": "/v1/messages", "ts": event.ts, "status": "ok",
                   "usage": {"input_tokens": 1, "output_tokens": 1}}}
     if kind == "w":
-        row = ledger._rows(ledger.Record(**{k: v for k, v in line["r"].items() if k != "usage"}))
+        row = rows_of(Record(**{k: v for k, v in line["r"].items() if k != "usage"}))
         line = {"w": row, "held": False}
     (spool_dir / f"{name}.000001.jsonl").write_text(json.dumps(line, default=str) + "\n")
     start_server(home=home).stop()

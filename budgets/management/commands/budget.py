@@ -7,7 +7,7 @@ from django.conf import settings
 from django.core.management.base import CommandError, CommandParser
 from django.db import transaction
 
-from budgets import guard, routes
+from budgets import routes, standings
 from budgets.declared import apply
 from budgets.models import Budget, CheapRoute
 from budgets.values import Action, BudgetError, Period, parse_action, parse_limit, parse_pct
@@ -101,14 +101,14 @@ class Command(ReportCommand):
 
     def status(self, options: dict[str, Any]) -> None:
         agent = None if options["agent"] is None else options["agent"].strip()
-        standings = guard.current(agent)
+        found = standings.current(agent)
         if options["json"]:
-            self.stdout.write(json.dumps([_as_json(s) for s in standings], indent=2))
+            self.stdout.write(json.dumps([_as_json(s) for s in found], indent=2))
             return
-        if not standings:
+        if not found:
             self.stdout.write("No budgets set. Set one with: tokenpak budget set --monthly 50")
             return
-        for s in standings:
+        for s in found:
             self.stdout.write(_status_line(s))
             self.stdout.write(f"  {_alert_line(s)}")
 
@@ -165,7 +165,7 @@ def _definition(b: Budget) -> str:
             f"on exceeded: {b.on_exceeded})")
 
 
-def _status_line(s: guard.Standing) -> str:
+def _status_line(s: standings.Standing) -> str:
     """The seed's layout: `Monthly: $50.00 limit | $23.40 spent (46.8%) | $26.60 remaining`."""
     b = s.budget
     spent = reports.usd(s.spent_nano)
@@ -181,7 +181,7 @@ def _status_line(s: guard.Standing) -> str:
     return line
 
 
-def _alert_line(s: guard.Standing) -> str:
+def _alert_line(s: standings.Standing) -> str:
     b = s.budget
     at = reports.money(reports.usd(b.alert_nano))
     if s.spent_nano >= b.limit_nano:
@@ -192,10 +192,10 @@ def _alert_line(s: guard.Standing) -> str:
         state = "not reached"
     source = "" if b.source == "cli" else f" | set in {b.source}"
     return (f"Alert at {b.alert_at_pct}% ({at}): {state} | on exceeded: {b.on_exceeded} | "
-            f"resets {guard.reset_text(s.end)}{source}")
+            f"resets {standings.reset_text(s.end)}{source}")
 
 
-def _as_json(s: guard.Standing) -> dict[str, Any]:
+def _as_json(s: standings.Standing) -> dict[str, Any]:
     b = s.budget
     spent = reports.usd(s.spent_nano)
     return {

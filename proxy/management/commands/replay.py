@@ -26,9 +26,10 @@ from django.conf import settings
 from django.core.management.base import CommandError, CommandParser
 
 from proxy import answers, upstream
-from telemetry import ledger, reports, retention
+from telemetry import reports, retention
 from telemetry.commandline import ReportCommand, telemetry_off
 from telemetry.models import Capture, Event
+from telemetry.writer import writer
 from tokenpak_site.text import shown
 
 KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
@@ -215,7 +216,7 @@ def send(method: str, path: str, headers: list[tuple[str, str]], body: bytes) ->
         response = asyncio.run(_send(application, method, path, headers, body))
     except httpx.HTTPError as e:
         raise CommandError(f"replay: the request could not be sent: {e}") from None
-    ledger.writer.flush()
+    writer.flush()
     trace_id = response.headers.get("x-tokenpak-trace-id", "")
     event = Event.objects.select_related("usage", "cost").filter(trace_id=trace_id).first()
     return Result(trace_id, response.status_code, event, answers.text(response.content))

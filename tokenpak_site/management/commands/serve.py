@@ -4,7 +4,7 @@ uvicorn on uvloop with the httptools parser measured best of daphne, uvicorn and
 this app on the proxy routes (bench/overhead.py; README "Performance"). `runserver` stays
 daphne's, for development. `--workers N` runs N processes on one listening socket, each with
 its own event loop, upstream client and ledger writer; they share the ledger (SQLite in WAL
-mode with IMMEDIATE transactions, or PostgreSQL) and the budgets (guard leases).
+mode with IMMEDIATE transactions, or PostgreSQL) and the budgets (their leases).
 """
 
 import os
