@@ -290,7 +290,7 @@ class Lessor:
         except DatabaseError:
             self.budgets = {}  # fail open until it answers; _run says so once
             raise
-        budgets = self.budgets
+        budgets = self.budgets or {}  # _read_budgets() set it
         with self.lock:
             if not self.unit:  # no budgeted traffic for a minute or two: give the leases back
                 self.wanted.clear()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from functools import cached_property
-from typing import Any
+from typing import Any, cast
 
 from django.contrib import admin
 from django.contrib.admin.options import IncorrectLookupParameters
@@ -69,7 +69,8 @@ class ModelPriceAdmin(admin.ModelAdmin):
     search_fields = ("model",)
     readonly_fields = ("updated_at",)
 
-    def save_model(self, request, obj, form, change) -> None:  # type: ignore[no-untyped-def]
+    def save_model(self, request: HttpRequest, obj: ModelPrice, form: Any, change: bool
+                   ) -> None:
         obj.source = "admin"
         super().save_model(request, obj, form, change)
 
@@ -80,6 +81,8 @@ class ModelPriceAdmin(admin.ModelAdmin):
 class LedgerPaginator(Paginator):
     """Pages counted from the totals shown above the list: one aggregate over the covering ts
     index serves both, instead of a COUNT(*) and then the sums."""
+
+    object_list: QuerySet[Event]  # what LedgerChangeList pages
 
     @cached_property
     def totals(self) -> reports.Totals:
@@ -94,7 +97,8 @@ class LedgerChangeList(ChangeList):
     DATE_PARAMS = ("created_at__year", "created_at__month", "created_at__day")
 
     def get_filters(self, request: HttpRequest) -> tuple:
-        specs, has_filters, lookups, duplicates, active = super().get_filters(request)
+        specs, has_filters, params, duplicates, active = super().get_filters(request)
+        lookups = cast(dict[str, Any], params)  # lists of values since Django 5.0; stubs: one
         # The date hierarchy narrows created_at, whose index does not cover the figures; the
         # same instants on ts use the covering index, so a month's totals never read the table.
         for op in ("gte", "lt"):
@@ -389,6 +393,7 @@ class EventAdmin(ExportMixin, admin.ModelAdmin):
             return HttpResponseBadRequest(f"Bad filter in the export's address: {e}",
                                           content_type="text/plain; charset=utf-8")
 
-    def get_export_filename(self, request: HttpRequest, queryset: QuerySet, file_format) -> str:  # type: ignore[no-untyped-def]
+    def get_export_filename(self, request: HttpRequest, queryset: QuerySet, file_format: Any
+                            ) -> str:
         stamp = datetime.now(reports.zone()).strftime("%Y-%m-%d-%H%M")
         return f"tokenpak-requests-{stamp}.{file_format.get_extension()}"

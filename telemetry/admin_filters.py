@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime, time, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
@@ -17,6 +17,9 @@ from django.http import HttpRequest
 
 from telemetry import reports
 from telemetry.models import Event, PricingSource
+
+if TYPE_CHECKING:
+    from django.contrib.admin.filters import _ListFilterChoices  # the stubs' name, typing only
 
 
 def _narrow(qs: QuerySet[Event], **filters: Any) -> QuerySet[Event]:
@@ -42,12 +45,13 @@ class ValuesFilter(admin.AllValuesFieldListFilter):
         more = len(choices) > self.CHOICES
         del choices[self.CHOICES:]
         choices += [v for v in self.lookup_val or () if v not in choices and "\x00" not in v]
-        self.lookup_choices = choices
+        # A list serves as well as Django's values_list() queryset: choices() iterates it.
+        self.lookup_choices = choices  # type: ignore[assignment]
         self.title = self.name or self.title
         if more:
             self.title += f" (the first {self.CHOICES}: search for others)"
 
-    def choices(self, changelist: ChangeList) -> Iterator[dict[str, Any]]:
+    def choices(self, changelist: ChangeList) -> Iterator[_ListFilterChoices]:
         for choice in super().choices(changelist):
             if choice["display"] == "":
                 choice["display"] = "(none)"
@@ -112,14 +116,14 @@ class TimeFilter(admin.ListFilter):
     def _bounds(self, request: HttpRequest) -> tuple[datetime | None, datetime | None]:
         since: datetime | None = None
         until: datetime | None = None
-        period = self.used_parameters.get("period")
+        period = cast("str | None", self.used_parameters.get("period"))  # __init__ puts strings
         try:
             if period:
                 since, until = self._period(period)
         except reports.ReportError as e:
             messages.error(request, f"{e}: time filter ignored")
         for name, end in (("since", False), ("until", True)):
-            text = self.used_parameters.get(name, "")
+            text = cast(str, self.used_parameters.get(name, ""))
             if not text:
                 continue
             try:
@@ -146,7 +150,7 @@ class TimeFilter(admin.ListFilter):
     def has_output(self) -> bool:
         return True
 
-    def expected_parameters(self) -> list[str]:
+    def expected_parameters(self) -> list[str | None]:
         return list(self.PARAMS)
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Event]) -> QuerySet[Event]:
@@ -154,7 +158,7 @@ class TimeFilter(admin.ListFilter):
             return queryset
         return _narrow(queryset, since=self.since, until=self.until)
 
-    def choices(self, changelist: ChangeList) -> Iterator[dict[str, Any]]:
+    def choices(self, changelist: ChangeList) -> Iterator[_ListFilterChoices]:
         period = self.used_parameters.get("period")
         custom = "since" in self.used_parameters or "until" in self.used_parameters
         yield {

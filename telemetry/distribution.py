@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable
-from typing import Any, NamedTuple
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from django.db.models import Count, Func, IntegerField, Max, Min, QuerySet
 
 from telemetry.models import Event
+
+if TYPE_CHECKING:
+    from django.db.backends.base.base import BaseDatabaseWrapper
+    from django.db.models.sql.compiler import SQLCompiler
 
 
 class LogBucket(Func):
@@ -23,7 +27,9 @@ class LogBucket(Func):
     STEPS = 100
     output_field = IntegerField()
 
-    def as_sql(self, compiler, connection, **extra):  # type: ignore[no-untyped-def]
+    def as_sql(  # type: ignore[override]  # writes its SQL: none of Func's template args
+        self, compiler: SQLCompiler, connection: BaseDatabaseWrapper, **extra: Any
+    ) -> tuple[str, Any]:
         sql, params = compiler.compile(self.source_expressions[0])
         if connection.vendor == "sqlite":  # values are never negative: truncation is floor
             return f"CAST(ln(({sql}) + 1.0) * {self.STEPS} AS INTEGER)", params
@@ -66,7 +72,7 @@ def percentiles(dist: list[Bucket], ps: Iterable[int] = (50, 95, 99)
     return result
 
 
-def bins(dist: list[Bucket], edges: list[float], unit: str) -> list[dict[str, Any]]:
+def bins(dist: list[Bucket], edges: Sequence[float], unit: str) -> list[dict[str, Any]]:
     """Fine buckets folded into readable ranges (by each bucket's middle); empty when no rows."""
     if not dist:
         return []
@@ -78,7 +84,7 @@ def bins(dist: list[Bucket], edges: list[float], unit: str) -> list[dict[str, An
                                                               strict=True)]
 
 
-def range_names(edges: list[float], unit: str) -> list[str]:
+def range_names(edges: Sequence[float], unit: str) -> list[str]:
     def say(v: float) -> str:
         if unit == "ms" and v >= 1000:
             return f"{v / 1000:g} s"

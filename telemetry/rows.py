@@ -72,7 +72,8 @@ def rows_of(r: Record) -> Rows:
 
     model = r.model or r.sent_model or r.requested_model
     cost_usd = Decimal("0")
-    pricing_source, priced_as = PricingSource.NONE, ""
+    pricing_source: str = PricingSource.NONE
+    priced_as = ""
     price = None
     if usage.total:
         price = pricing.resolve(model, r.provider)
