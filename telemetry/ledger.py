@@ -105,6 +105,9 @@ class Record:
     route_note: str = ""  # what a budget did to it; empty: nothing
     answer: Callable[[], str] | None = None  # the answer's text, made only for a capture
     spool_seq: int = 0  # the spool file holding its `r` line; 0: none (telemetry.spool)
+    # A decision still being made on another thread whose outcome the row depends on (a budget
+    # check taking holds): the row is written once it is done (proxy/call.py).
+    pending: Any = None
 
     def finish(self, status: str, *, error_class: str = "") -> None:
         self.status = status
