@@ -158,6 +158,17 @@ def test_it_records_a_client_that_disconnects_mid_stream(server, fake, rows):
         fake.release.set()
 
 
+def test_it_records_a_client_that_leaves_before_the_provider_answers(server, fake, rows):
+    headers = {**OPENAI_HEADERS, "x-fake-scenario": "hang"}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.url + "/v1/chat/completions", json={"model": "gpt-4o", "messages": []},
+                   headers=headers, timeout=httpx.Timeout(10, read=1))
+    [event] = rows(1)
+    assert (event.status, event.upstream_status, event.requested_model) == (
+        "client_closed", None, "gpt-4o")
+    assert fake.client_gone.wait(5)  # TokenPak dropped its upstream request too
+
+
 @pytest.mark.parametrize("path, body, last", [
     ("/v1/messages", {"model": "claude-haiku-4-5", "max_tokens": 50, "messages": [],
                       "stream": True}, b"message_stop"),
