@@ -55,7 +55,7 @@ async def budgets(call: Call) -> HttpResponse | None:
     if verdict.route_to:
         call.payload["model"] = rec.sent_model = verdict.route_to
         call.rewrite = True
-    if verdict.action:
+    if verdict.action and verdict.decider is not None:
         log.warning("%s over budget: %s; %s", rec.trace_id, verdict.decider.summary(),
                     f"routed {rec.requested_model} to {rec.sent_model}" if call.rewrite
                     else "forwarded")
