@@ -36,9 +36,7 @@ from budgets.standings import (
     standing,
 )
 from budgets.values import STRICTNESS, Action
-from telemetry.models import Status
 from telemetry.record import Record
-from telemetry.writer import record
 
 log = logging.getLogger("tokenpak.budget")
 
@@ -75,8 +73,7 @@ async def check(rec: Record, payload: Any, body_size: int) -> Verdict:
 
     Admitted on a lease, from memory, when every budget's lease has room (rec.leases says what
     it took); else decided exactly by admit() on a budget thread. A client that leaves while
-    admit() decides still gets its row, recorded here: once the holds exist, if holds were being
-    taken, since the writer drops a held row's holds."""
+    admit() decides still gets its row, written once admit() is done (rec.pending)."""
     if not settings.TELEMETRY_ENABLED:
         return WITHIN
     lessor = leases.lessor
@@ -96,9 +93,10 @@ async def check(rec: Record, payload: Any, body_size: int) -> Verdict:
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:
-        rec.finish(Status.CLIENT_CLOSED)
+        # admit() goes on in its thread and may take holds, which the writer drops with the
+        # row: the row must wait for it (rec.pending), and say it held.
         rec.held = True
-        future.add_done_callback(lambda _: record(rec))
+        rec.pending = future
         raise
 
 

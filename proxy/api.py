@@ -9,8 +9,8 @@ from __future__ import annotations
 from django.http import HttpRequest, HttpResponse
 from ninja import Router
 
-from proxy.forward import Route, forward
-from proxy.providers import ANTHROPIC, OPENAI, Provider
+from proxy.forward import forward
+from proxy.providers import ANTHROPIC, OPENAI, Provider, Route
 
 router = Router(tags=["proxy"])
 

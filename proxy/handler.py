@@ -157,7 +157,7 @@ async def _respond(request: ProxyRequest) -> HttpResponseBase:
 
 
 async def _send(response: HttpResponseBase, send: Send) -> None:
-    # A proxied answer learns whether its start went out: its row says so (proxy/forward.py).
+    # A proxied answer learns whether its start went out: its row says so (proxy/relay.py).
     started = getattr(response, "started", None)
     try:
         headers = [(k.encode("ascii"), v.encode("latin-1")) for k, v in response.items()]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from django.conf import settings
@@ -380,3 +380,16 @@ class Anthropic(Provider):
 
 OPENAI = OpenAI()
 ANTHROPIC = Anthropic()
+
+
+@dataclass(frozen=True)
+class Route:
+    provider: Provider
+    event_type: str
+    upstream_path: str
+    billable: bool = True  # count_tokens and model lists cost nothing
+    requires_model: bool = False
+    # The provider takes only a JSON body here: any other body is refused, not forwarded.
+    json_body: bool = False
+    stats_footer: bool = False  # chat completions and messages: answers a person reads
+    compress: bool = False  # chat completions and messages: conversations worth compressing

@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 import weakref
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
 
 import httpx
 from django.conf import settings
 
 SHARDS = 8
+T = TypeVar("T")
 
 
 class Upstream:
@@ -72,3 +76,36 @@ def upstream() -> Upstream:
     if u is None or u.client.is_closed:
         u = _upstreams[loop] = Upstream()
     return u
+
+
+class TotalTimeout(httpx.TimeoutException):
+    """providers.total_timeout ran out: handled like any upstream timeout, never failed over."""
+
+
+async def in_time(step: Awaitable[T], started: float) -> T:
+    """step, within what is left of providers.total_timeout since `started` (no limit at 0)."""
+    total = settings.UPSTREAM_TOTAL_TIMEOUT
+    if not total:
+        return await step
+    try:
+        return await asyncio.wait_for(step, max(0.0, started + total - time.time()))
+    except TimeoutError:
+        raise TotalTimeout(
+            f"the request took longer than providers.total_timeout ({total:g} s)") from None
+
+
+async def timed(chunks: AsyncIterator[bytes], started: float) -> AsyncIterator[bytes]:
+    it = aiter(chunks)
+    while True:
+        try:
+            chunk = await in_time(anext(it), started)
+        except StopAsyncIteration:
+            return
+        yield chunk
+
+
+async def read(response: httpx.Response) -> bytes:
+    try:
+        return await response.aread()
+    finally:
+        await response.aclose()

@@ -8,11 +8,12 @@ of them.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from telemetry.models import Status
 from telemetry.usage import TokenUsage
@@ -107,6 +108,9 @@ class Record:
     route_note: str = ""  # what a budget did to it; empty: nothing
     answer: Callable[[], str] | None = None  # the answer's text, made only for a capture
     spool_seq: int = 0  # the spool file holding its `r` line; 0: none (telemetry.spool)
+    # A decision still being made on another thread whose outcome the row depends on (a budget
+    # check taking holds): the row is written once it is done (proxy/call.py).
+    pending: asyncio.Future[Any] | None = None
 
     def finish(self, status: str, *, error_class: str = "") -> None:
         self.status = status

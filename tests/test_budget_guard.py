@@ -106,6 +106,27 @@ def test_it_blocks_with_the_providers_429_and_sends_nothing_upstream(start_serve
     assert all(e.cost_nano_usd == 0 and e.upstream_status is None for e in blocked)
 
 
+def test_it_records_a_client_that_leaves_while_its_budget_is_decided(start_server, fake, rows):
+    from django.db import transaction
+
+    held = budget("100", "block")
+    server = start_server()
+    with transaction.atomic():
+        # The budget's row stays locked: the server's exact check waits on it, and the client
+        # gives up first.
+        Budget.objects.select_for_update().filter(pk=held.pk).update(alert_at_pct=80)
+        with pytest.raises(anthropic.APITimeoutError):
+            claude(server, timeout=1).messages.create(
+                model="claude-sonnet-4-6", max_tokens=10, messages=ASK)
+        time.sleep(0.5)
+        assert not Event.objects.exists()  # the row waits for the check, which waits on us
+    [event] = rows(1)
+    assert (event.status, event.upstream_status) == ("client_closed", None)
+    assert fake.log == []
+    # The check took its holds after the client left; the row's writer dropped them.
+    wait_for(lambda: not Hold.objects.exclude(trace_id__startswith="lease:").exists())
+
+
 def test_it_routes_to_the_cheaper_model_and_keeps_both_names(start_server, fake, rows):
     budget("0", "route-cheap")
     server = start_server()

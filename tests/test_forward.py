@@ -77,6 +77,17 @@ def test_it_passes_a_malformed_provider_body_through_untouched(server, fake, row
     assert event.status == "ok" and event.usage_source == "none" and event.cost.cost_usd == 0
 
 
+def test_it_records_a_client_that_leaves_before_the_provider_answers(server, fake, rows):
+    headers = {**OPENAI_HEADERS, "x-fake-scenario": "hang"}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.url + "/v1/chat/completions", json={"model": "gpt-4o", "messages": []},
+                   headers=headers, timeout=httpx.Timeout(10, read=1))
+    [event] = rows(1)
+    assert (event.status, event.upstream_status, event.requested_model) == (
+        "client_closed", None, "gpt-4o")
+    assert fake.client_gone.wait(5)  # TokenPak dropped its upstream request too
+
+
 def test_it_reads_a_chat_body_sent_as_a_form_by_a_hand_written_curl(server, fake, rows):
     response = httpx.post(
         server.url + "/v1/chat/completions",

@@ -12,7 +12,7 @@ lookup; only new messages are compressed.
 
 Bounded: a text over MAX_TEXT_CHARS goes out as it came (its repeats still become references),
 and the lock guards only the shared memo, never the work itself, so a big request compressed on
-a worker thread (proxy/forward.py) never makes a small one on the event loop wait for it.
+a worker thread (proxy/work.py) never makes a small one on the event loop wait for it.
 
 Only user text and tool results change. System prompts, assistant turns (tool calls, thinking),
 images, documents and every key other than the text itself pass through as they came. A request
