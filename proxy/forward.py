@@ -1,6 +1,6 @@
 """One request's path: parse → forward upstream → relay the answer → hand the ledger a record.
 
-Read top to bottom with proxy/api.py (routes) and proxy/providers.py (what differs per
+Read top to bottom with proxy/api.py (routes) and proxy/providers/ (what differs per
 provider). Nothing here waits on the database: the ledger writer takes the finished record.
 """
 
@@ -14,7 +14,6 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -26,8 +25,8 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHt
 
 from budgets import guard
 from budgets.guard import Verdict
-from proxy import answers, auth, compression, footer, intake, limits, paths, upstream
-from proxy.providers import OPENAI, Provider, StreamTap
+from proxy import auth, compression, footer, intake, limits, paths, upstream
+from proxy.providers.base import Provider, Route, StreamTap
 from proxy.sse import EventSplitter
 from telemetry.ledger import Record, new_trace_id, record
 from telemetry.models import Status
@@ -94,19 +93,6 @@ _UNSENDABLE = re.compile(HEADER_FORBIDDEN)
 MAX_HEADER_VALUE = 8 * 1024
 
 
-@dataclass(frozen=True)
-class Route:
-    provider: Provider
-    event_type: str
-    upstream_path: str
-    billable: bool = True  # count_tokens and model lists cost nothing
-    requires_model: bool = False
-    # The provider takes only a JSON body here: any other body is refused, not forwarded.
-    json_body: bool = False
-    stats_footer: bool = False  # chat completions and messages: answers a person reads
-    compress: bool = False  # chat completions and messages: conversations worth compressing
-
-
 async def forward(request: HttpRequest, route: Route) -> HttpResponse:
     provider = route.provider
     # First, before even the size checks: a request without the token gets 401 in its provider's
@@ -148,8 +134,8 @@ async def forward(request: HttpRequest, route: Route) -> HttpResponse:
                                        _sent_as(request))
         if problem:
             return _refuse(rec, provider, 400, problem)
-        rec.requested_model = rec.sent_model = str(payload.get("model") or "")
-        rec.stream = payload.get("stream") is True
+        rec.requested_model = rec.sent_model = provider.model_of(route, payload)
+        rec.stream = provider.streams(route, payload)
     elif route.requires_model:
         return _refuse(rec, provider, 400, "Request body must be a JSON object with a model.")
     if settings.STORE_PROMPTS:
@@ -162,29 +148,31 @@ async def forward(request: HttpRequest, route: Route) -> HttpResponse:
         )
         if problem:
             return _refuse(rec, provider, 400, problem)
-        outcome = await _work(rec, big, compression.compress, provider.name, payload, profile)
+        outcome = await _work(rec, big, compression.compress, provider.name, payload, profile,
+                              provider.compression_slots)
         rec.compression = outcome
         if outcome.changed:
             payload, rewrite = outcome.payload, True
 
     verdict = guard.WITHIN
     if route.billable:
-        verdict = await guard.check(rec, payload, len(body))
+        verdict = await guard.check(rec, payload, len(body), provider.output_limit(payload))
         rec.held = verdict.held
         if verdict.action:
             rec.route_note = _route_note(rec, verdict)
         if verdict.blocked:
             return _blocked(rec, provider, verdict)
         if verdict.route_to:
-            payload["model"] = rec.sent_model = verdict.route_to
+            route, payload = provider.with_model(route, payload, verdict.route_to)
+            rec.sent_model = verdict.route_to
             rewrite = True
         if verdict.action:
             log.warning("%s over budget: %s; %s", rec.trace_id, verdict.decider.summary(),
                         f"routed {rec.requested_model} to {rec.sent_model}" if rewrite
                         else "forwarded")
     strip_usage = False
-    if provider is OPENAI and rec.stream and route.event_type == "chat.completions":
-        strip_usage = _ask_for_usage(payload)
+    if rec.stream:
+        strip_usage = provider.ask_for_stream_usage(route, payload)
     if rewrite or strip_usage:
         body = await _work(rec, big, _encode, payload, big)
 
@@ -264,12 +252,12 @@ async def forward(request: HttpRequest, route: Route) -> HttpResponse:
         return _on_start(stream, partial(_stream_unsent, response, tap, rec, provider, payload))
 
     answer = _loads(data) if "json" in response.headers.get("content-type", "") else None
-    rec.answer = partial(answers.text, data)  # the provider's own words, before any footer
+    rec.answer = partial(provider.answer_text, data)  # the provider's words, before any footer
     if response.is_success:
         if route.billable:
             rec.usage = provider.usage_from_body(answer)
-        if isinstance(answer, dict) and isinstance(answer.get("model"), str):
-            rec.model = answer["model"]
+        if (model := provider.model_from_body(answer)) is not None:
+            rec.model = model
         if footer_text and provider.add_footer(answer, footer_text):
             data = footer.dumps(answer)
         rec.finish(Status.OK)
@@ -349,7 +337,7 @@ async def _end_stream(response: httpx.Response, tap: StreamTap, rec: Record, pro
         rec.usage = tap.usage
     if stored is not None:
         rec.response_body = b"".join(stored).decode("utf-8", "replace")
-    rec.answer = partial(answers.of_events, tap.seen)
+    rec.answer = partial(provider.stream_answer_text, tap.seen)
     rec.finish(status, error_class=error_class)
     record(rec)
 
@@ -551,17 +539,6 @@ def _parse(body: bytes, requires_model: bool, sent_as: str = "") -> tuple[dict, 
     if requires_model and (not isinstance(model, str) or not model.strip()):
         return {}, "Missing required parameter: 'model'."
     return payload, ""
-
-
-def _ask_for_usage(payload: dict) -> bool:
-    """Ask OpenAI for the usage chunk; True when TokenPak added the ask, so the relay strips
-    what the client did not ask for."""
-    options = payload.get("stream_options")
-    if isinstance(options, dict) and options.get("include_usage") is True:
-        return False
-    payload["stream_options"] = {**(options if isinstance(options, dict) else {})}
-    payload["stream_options"]["include_usage"] = True
-    return True
 
 
 def _refuse(rec: Record, provider: Provider, status: int, message: str) -> HttpResponse:

@@ -5,9 +5,10 @@ proxy route does not use: seven middleware (sessions, CSRF, auth, messages: an S
 cookies), request_started/request_finished signals whose receivers run on a worker thread
 (two thread hops), and a fresh thread per request for thread-sensitive code. The proxy path
 touches no database on the event loop and uses no session, so `ProxyFirst` takes the routes
-under /v1 (but /v1/telemetry), /openai/v1 and /anthropic/v1 from the ASGI server to the
-same ninja operations Django would call, and passes every other path (admin, API docs,
-dashboard, telemetry API) to Django untouched, middleware and all.
+under /v1 (but /v1/telemetry), /openai/v1 and /anthropic/v1 (every provider's prefixes, from
+proxy/providers) from the ASGI server to the same ninja operations Django would call, and
+passes every other path (admin, API docs, dashboard, telemetry API) to Django untouched,
+middleware and all.
 
 Kept from Django's handler: the Host check against ALLOWED_HOSTS (a page in the browser must
 not reach the proxy through DNS rebinding), URL resolution, and a client that disconnects
@@ -34,7 +35,7 @@ from django.core.exceptions import DisallowedHost
 from django.http import HttpResponse, HttpResponseBase
 from django.urls import Resolver404, get_resolver
 
-from proxy import intake, limits
+from proxy import intake, limits, providers
 from proxy.intake import ProxyRequest
 
 Scope = MutableMapping[str, Any]
@@ -44,7 +45,8 @@ App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 log = logging.getLogger("django.request")
 
-PREFIXES = ("/v1/", "/openai/v1/", "/anthropic/v1/")
+# Every provider pattern's prefix: ("/v1/", "/openai/v1/", "/anthropic/v1/").
+PREFIXES = providers.url_prefixes()
 # The telemetry REST API shares /v1 with OpenAI's paths but is Django's: it needs the session
 # and auth middleware this path skips.
 DJANGO_PREFIXES = ("/v1/telemetry/",)
