@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from budgets.routes import costs_less
@@ -32,7 +33,6 @@ class Anthropic(Provider):
     key_headers = ("authorization", "x-api-key")
     required_headers = (("anthropic-version", VERSION),)
     _server_error = "api_error"
-    _parse_usage = TokenUsage.from_anthropic
     _types: ClassVar[dict[int, str]] = {
         400: "invalid_request_error",
         401: "authentication_error",
@@ -68,7 +68,7 @@ class Anthropic(Provider):
         first = rest.split("/")[0]
         return Route(self, first[:32], f"/v1/{rest}", json_body=first == "messages")
 
-    def claims(self, headers: Any) -> bool:
+    def claims(self, headers: Mapping[str, str]) -> bool:
         # Only Anthropic's SDK sends anthropic-version; only its key header is x-api-key.
         return "anthropic-version" in headers or "x-api-key" in headers
 
@@ -106,6 +106,9 @@ class Anthropic(Provider):
                         and isinstance(b.get("text"), str)
                     )
         return slots
+
+    def parse_usage(self, usage: dict) -> TokenUsage:
+        return TokenUsage.from_anthropic(usage)
 
     def key_header(self, key: str) -> tuple[str, str]:
         return ("x-api-key", key)
@@ -278,7 +281,7 @@ class AnthropicTap(StreamTap):
     def _merge(self, delta_usage: dict) -> None:
         # message_delta usage is cumulative: the latest value replaces, never adds.
         current = self.usage or TokenUsage()
-        start = {
+        start: dict[str, Any] = {
             "input_tokens": current.uncached_input_tokens,
             "cache_read_input_tokens": current.cache_read_tokens,
             "cache_creation_input_tokens": current.cache_write_tokens,

@@ -250,11 +250,14 @@ class Provider:
 
     # --- answers ----------------------------------------------------------------------------
 
-    _parse_usage: ClassVar[Callable[[dict], TokenUsage]]
+    def parse_usage(self, usage: dict) -> TokenUsage:
+        """A usage object as the provider writes it (cache and reasoning tokens included)."""
+        raise NotImplementedError
 
     def usage_from_body(self, body: Any) -> TokenUsage | None:
+        """Usage of a whole JSON answer; None when it has none."""
         if isinstance(body, dict) and isinstance(body.get("usage"), dict):
-            return type(self)._parse_usage(body["usage"])
+            return self.parse_usage(body["usage"])
         return None
 
     def model_from_body(self, body: Any) -> str | None:

@@ -37,7 +37,6 @@ class OpenAI(Provider):
     # chat completions (max_completion_tokens, formerly max_tokens); Responses (max_output_)
     output_limit_fields = ("max_tokens", "max_completion_tokens", "max_output_tokens")
     _server_error = "server_error"
-    _parse_usage = TokenUsage.from_openai
     _types: ClassVar[dict[int, str]] = {
         400: "invalid_request_error",
         401: "authentication_error",
@@ -97,6 +96,9 @@ class OpenAI(Provider):
                 and isinstance(part.get("text"), str)
             ]
         return []
+
+    def parse_usage(self, usage: dict) -> TokenUsage:
+        return TokenUsage.from_openai(usage)
 
     def key_header(self, key: str) -> tuple[str, str]:
         return ("authorization", f"Bearer {key}")
