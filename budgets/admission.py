@@ -68,8 +68,13 @@ WITHIN = Verdict()
 _pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tokenpak-budget")
 
 
-async def check(rec: Record, payload: Any, body_size: int) -> Verdict:
+async def check(rec: Record, payload: Any, body_size: int,
+                max_tokens: int | None = None) -> Verdict:
     """The verdict for a request about to be forwarded; WITHIN when no budget applies.
+
+    max_tokens is the output the request asks for at most, as its provider reads it (proxy's
+    Provider.output_limit); without it, the payload's max_tokens-like field, else
+    DEFAULT_OUTPUT_TOKENS, is what is held.
 
     Admitted on a lease, from memory, when every budget's lease has room (rec.leases says what
     it took); else decided exactly by admit() on a budget thread. A client that leaves while
@@ -79,7 +84,8 @@ async def check(rec: Record, payload: Any, body_size: int) -> Verdict:
     lessor = leases.lessor
     lessor.start()
     budgets = lessor.budgets
-    max_tokens = _max_tokens(payload)
+    if max_tokens is None:
+        max_tokens = _max_tokens(payload)
     if budgets is not None:
         if "" not in budgets and rec.agent_id not in budgets:
             return WITHIN

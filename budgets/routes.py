@@ -6,32 +6,21 @@ gpt-5.4-mini), else to its major version's (gpt-5.2 → gpt-5-mini); a Claude Op
 the Haiku of its generation (the newest Haiku when its generation has none). Rows in
 tp_budget_routes (CLI `budget route`, the admin) win. A request's model is matched under the
 names pricing resolves it by (dated, prefixed, `-latest`): claude-sonnet-4-5-20250929 routes
-like claude-sonnet-4-5.
+like claude-sonnet-4-5. Each provider's default rule is in its module (proxy/providers,
+`cheap_routes`), handed over with `register` as proxy starts.
 """
 
 from __future__ import annotations
 
-import re
 import threading
 import time
+from collections.abc import Callable
 from functools import cache
+
+from django.conf import settings
 
 from telemetry import pricing
 
-# Older OpenAI models with no `-mini` of their own.
-_OPENAI_EXTRA = {
-    "gpt-4": "gpt-4o-mini",
-    "gpt-4-turbo": "gpt-4o-mini",
-    "gpt-4-1106-preview": "gpt-4o-mini",
-    "gpt-3.5-turbo-16k": "gpt-4o-mini",
-    "o1": "o4-mini",
-    "o1-pro": "o4-mini",
-    "chat-latest": "gpt-5-mini",
-}
-_OPENAI_SKIP = re.compile(r"^ft:|mini|nano|audio|search|embedding|realtime|transcribe|tts|image")
-_OPENAI_TIER = re.compile(r"-(?:pro|max)$")
-_OPENAI_MAJOR = re.compile(r"^(gpt-\d+)[.-]")
-_CLAUDE = re.compile(r"^claude-(?P<family>[a-z]+)-(?P<major>\d+)(?:-(?P<minor>\d+))?$")
 _OVERRIDES_TTL = 2.0
 
 
@@ -49,42 +38,30 @@ def _base_names(provider: str) -> dict[str, pricing.Price]:
     }
 
 
-def _cheaper(a: pricing.Price, b: pricing.Price) -> bool:
-    return b.input < a.input and b.output <= a.output
+def costs_less(a: pricing.Price, b: pricing.Price) -> bool:
+    """a is a cheaper model than b: less per input token, no more per output token."""
+    return a.input < b.input and a.output <= b.output
+
+
+# A provider's rule: its catalog models under their plain names → {model: cheaper model}.
+Rule = Callable[[dict[str, pricing.Price]], dict[str, str]]
+_rules: dict[str, Rule] = {}
+
+
+def register(provider: str, rule: Rule) -> None:
+    """The default routes of a provider (each provider's module has its rule; proxy registers
+    them as it starts, so budgets never imports proxy)."""
+    _rules[provider] = rule
+    defaults.cache_clear()
 
 
 @cache
 def defaults() -> dict[tuple[str, str], str]:
-    """{(provider, model): cheaper model} derived from the catalog."""
+    """{(provider, model): cheaper model} derived from the catalog by each provider's rule."""
     routes: dict[tuple[str, str], str] = {}
-    openai = _base_names("openai")
-    for name, price in openai.items():
-        if _OPENAI_SKIP.search(name):
-            continue
-        stem = _OPENAI_TIER.sub("", name)
-        major = _OPENAI_MAJOR.match(name)  # gpt-5.2 has no -mini of its own: gpt-5-mini
-        family = f"{major[1]}-mini" if major else ""
-        for target in (f"{name}-mini", f"{stem}-mini", family, _OPENAI_EXTRA.get(name, "")):
-            if target in openai and _cheaper(price, openai[target]):
-                routes[("openai", name)] = target
-                break
-    anthropic = _base_names("anthropic")
-    haikus: dict[str, tuple[tuple[int, int], str]] = {}  # major → newest haiku of it
-    for name in anthropic:
-        m = _CLAUDE.match(name)
-        if m and m["family"] == "haiku":
-            version = (int(m["major"]), int(m["minor"] or 0))
-            if m["major"] not in haikus or version > haikus[m["major"]][0]:
-                haikus[m["major"]] = (version, name)
-    if haikus:
-        newest = max(haikus.values())[1]
-        for name, price in anthropic.items():
-            m = _CLAUDE.match(name)
-            if not m or m["family"] == "haiku":
-                continue
-            target = haikus[m["major"]][1] if m["major"] in haikus else newest
-            if _cheaper(price, anthropic[target]):
-                routes[("anthropic", name)] = target
+    for provider, rule in _rules.items():
+        for model, target in rule(_base_names(provider)).items():
+            routes[(provider, model)] = target
     return routes
 
 
@@ -157,5 +134,6 @@ def check(model: str, target: str, provider: str = "") -> tuple[str, str, str]:
         raise RouteError(f"{model} cannot be routed to itself")
     owner = sides.pop() if sides else provider
     if not owner:
-        raise RouteError(f"say which provider {model} belongs to (--provider openai|anthropic)")
+        raise RouteError(f"say which provider {model} belongs to "
+                         f"(--provider {'|'.join(settings.PROVIDERS)})")
     return owner, model, target

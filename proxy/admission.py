@@ -33,8 +33,8 @@ async def compress(call: Call) -> HttpResponse | None:
     if problem:
         return call.error(400, problem)
     outcome = await on_worker(call.big, compression.compress, call.provider.name, call.payload,
-                              profile)
-    call.rec.compression = outcome
+                              profile, call.provider.compression_slots)
+    call.rec.compression = call.compressed = outcome
     if outcome.changed:
         call.payload, call.rewrite = outcome.payload, True
     return None
@@ -46,14 +46,17 @@ async def budgets(call: Call) -> HttpResponse | None:
     if not call.route.billable:
         return None
     rec = call.rec
-    verdict = call.verdict = await budget_admission.check(rec, call.payload, len(call.body))
+    verdict = call.verdict = await budget_admission.check(
+        rec, call.payload, len(call.body), call.provider.output_limit(call.payload))
     rec.held = verdict.held
     if verdict.action:
         rec.route_note = _route_note(call)
     if verdict.blocked:
         return call.blocked()
     if verdict.route_to:
-        call.payload["model"] = rec.sent_model = verdict.route_to
+        call.route, call.payload = call.provider.with_model(call.route, call.payload,
+                                                            verdict.route_to)
+        rec.sent_model = verdict.route_to
         call.rewrite = True
     if verdict.action and verdict.decider is not None:
         log.warning("%s over budget: %s; %s", rec.trace_id, verdict.decider.summary(),

@@ -15,7 +15,8 @@ import httpx
 from django.http import HttpRequest, HttpResponse
 
 from budgets.admission import WITHIN, Verdict
-from proxy.providers import Provider, Route
+from proxy.compression import Outcome
+from proxy.providers.base import Provider, Route
 from telemetry.models import Status
 from telemetry.record import Record, new_trace_id
 from telemetry.writer import record
@@ -33,6 +34,7 @@ class Call:
     rewrite: bool = False  # payload changed: it is encoded anew before sending
     strip_usage: bool = False  # TokenPak asked for stream usage the client did not
     verdict: Verdict = WITHIN
+    compressed: Outcome | None = None  # what the compression step did (also rec.compression)
     footer_text: str = ""
     failed: list[str] = field(default_factory=list)  # upstreams that failed before the answer
     # The upstream's answer (proxy/forward.py send()): its body, unless it is a stream.

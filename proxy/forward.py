@@ -12,18 +12,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Mapping
 from functools import lru_cache
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httpx
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
+from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 
 from proxy import auth, footer, intake, limits, paths, relay, upstream
 from proxy.admission import admit
 from proxy.call import Call
-from proxy.providers import OPENAI, Route
+from proxy.providers.base import Route
 from proxy.upstream import TotalTimeout, in_time
 from proxy.work import INLINE_BODY_BYTES, encode, on_worker
 from telemetry.models import Status
@@ -77,9 +80,9 @@ async def forward(request: HttpRequest, route: Route) -> HttpResponseBase:
 async def parse(call: Call) -> HttpResponse | None:
     """The checks that need no body, then the body: read, and parsed when it is JSON."""
     request, route, rec = call.request, call.route, call.rec
-    if refused := limits.refusal(request.scope):  # type: ignore[attr-defined]
+    if refused := limits.refusal(_scope(request)):
         return call.error(*refused)
-    if why := paths.refusal(request.scope):  # type: ignore[attr-defined]
+    if why := paths.refusal(_scope(request)):
         return call.error(400, f"Invalid URL ({request.method} {request.path[:200]}):"
                                f" TokenPak does not forward this path: {why}.")
     call.headers = _upstream_headers(request, rec)
@@ -103,8 +106,8 @@ async def parse(call: Call) -> HttpResponse | None:
         if problem:
             return call.error(400, problem)
         call.payload = payload
-        rec.requested_model = rec.sent_model = str(payload.get("model") or "")
-        rec.stream = payload.get("stream") is True
+        rec.requested_model = rec.sent_model = call.provider.model_of(route, payload)
+        rec.stream = call.provider.streams(route, payload)
     elif route.requires_model:
         return call.error(400, "Request body must be a JSON object with a model.")
     if settings.STORE_PROMPTS:
@@ -115,16 +118,16 @@ async def parse(call: Call) -> HttpResponse | None:
 async def prepare(call: Call) -> None:
     """The body to send, as admission left it, and the stats footer's text."""
     rec = call.rec
-    if call.provider is OPENAI and rec.stream and call.route.event_type == "chat.completions":
-        call.strip_usage = _ask_for_usage(call.payload)
+    if rec.stream:
+        call.strip_usage = call.provider.ask_for_stream_usage(call.route, call.payload)
     if call.rewrite or call.strip_usage:
         call.body = await on_worker(call.big, encode, call.payload, call.big)
     # The footer's figures are final once the request is built. Pricing them may read the
     # database (off the event loop): a client that leaves meanwhile still gets a row.
     if settings.STATS_FOOTER and call.route.stats_footer:
-        if rec.compression is not None:  # the one case where savings are counted up front
+        if call.compressed is not None:  # the one case where savings are counted up front
             rec.tokens_saved, rec.tokens_before = await asyncio.to_thread(
-                rec.compression.footer_figures, rec.sent_model
+                call.compressed.footer_figures, rec.sent_model
             )
         call.footer_text = await footer.text_for(rec, call.provider.name)
     rec.sent_body = call.body
@@ -200,6 +203,11 @@ def _failed(call: Call, error: httpx.HTTPError, url: str) -> HttpResponse:
     return call.error(504 if timed_out else 502, message, outcome, why)
 
 
+def _scope(request: HttpRequest) -> Mapping[str, Any]:
+    """The ASGI scope: the proxy is served over ASGI only (ProxyFirst, or Django's handler)."""
+    return cast(ASGIRequest, request).scope
+
+
 @lru_cache(maxsize=16)
 def _netloc(base_url: str) -> str:
     return urlsplit(base_url).netloc
@@ -214,7 +222,7 @@ async def _read_body(request: HttpRequest) -> bytes:
 
 def _upstream_headers(request: HttpRequest, rec: Record) -> list[tuple[str, str]]:
     headers: list[tuple[str, str]] = []
-    for raw_name, raw_value in request.scope["headers"]:  # type: ignore[attr-defined]
+    for raw_name, raw_value in _scope(request)["headers"]:
         name = raw_name.decode("latin-1").lower()
         if name.startswith("x-tokenpak-"):
             value = raw_value.decode("latin-1").strip()
@@ -255,14 +263,3 @@ def _parse(body: bytes, requires_model: bool, sent_as: str = "") -> tuple[dict, 
     if requires_model and (not isinstance(model, str) or not model.strip()):
         return {}, "Missing required parameter: 'model'."
     return payload, ""
-
-
-def _ask_for_usage(payload: dict) -> bool:
-    """Ask OpenAI for the usage chunk; True when TokenPak added the ask, so the relay strips
-    what the client did not ask for."""
-    options = payload.get("stream_options")
-    if isinstance(options, dict) and options.get("include_usage") is True:
-        return False
-    payload["stream_options"] = {**(options if isinstance(options, dict) else {})}
-    payload["stream_options"]["include_usage"] = True
-    return True

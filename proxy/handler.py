@@ -5,9 +5,10 @@ proxy route does not use: seven middleware (sessions, CSRF, auth, messages: an S
 cookies), request_started/request_finished signals whose receivers run on a worker thread
 (two thread hops), and a fresh thread per request for thread-sensitive code. The proxy path
 touches no database on the event loop and uses no session, so `ProxyFirst` takes the routes
-under /v1 (but /v1/telemetry), /openai/v1 and /anthropic/v1 from the ASGI server to the
-same ninja operations Django would call, and passes every other path (admin, API docs,
-dashboard, telemetry API) to Django untouched, middleware and all.
+under /v1 (but /v1/telemetry), /openai/v1 and /anthropic/v1 (every provider's prefixes, from
+proxy/providers) from the ASGI server to the same ninja operations Django would call, and
+passes every other path (admin, API docs, dashboard, telemetry API) to Django untouched,
+middleware and all.
 
 Kept from Django's handler: the Host check against ALLOWED_HOSTS (a page in the browser must
 not reach the proxy through DNS rebinding), URL resolution, and a client that disconnects
@@ -27,24 +28,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from collections.abc import AsyncGenerator, Awaitable, Callable, MutableMapping
+from typing import Any, cast
 
 from django.core.exceptions import DisallowedHost
-from django.http import HttpResponse, HttpResponseBase
+from django.http import HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.urls import Resolver404, get_resolver
 
-from proxy import intake, limits
+from proxy import intake, limits, providers
 from proxy.intake import ProxyRequest
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-App = Callable[[Scope, Receive, Send], Awaitable[None]]
+# Django's ASGIHandler types its scope as a dict, uvicorn hands a MutableMapping: either.
+App = Callable[[Any, Any, Any], Awaitable[None]]
 
 log = logging.getLogger("django.request")
 
-PREFIXES = ("/v1/", "/openai/v1/", "/anthropic/v1/")
+# Every provider pattern's prefix: ("/v1/", "/openai/v1/", "/anthropic/v1/").
+PREFIXES = providers.url_prefixes()
 # The telemetry REST API shares /v1 with OpenAI's paths but is Django's: it needs the session
 # and auth middleware this path skips.
 DJANGO_PREFIXES = ("/v1/telemetry/",)
@@ -161,7 +164,7 @@ async def _send(response: HttpResponseBase, send: Send) -> None:
     started = getattr(response, "started", None)
     try:
         headers = [(k.encode("ascii"), v.encode("latin-1")) for k, v in response.items()]
-        content = b"" if response.streaming else response.content  # type: ignore[attr-defined]
+        content = b"" if response.streaming else cast(HttpResponse, response).content
         if not response.streaming and not response.has_header("content-length"):
             headers.append((b"content-length", str(len(content)).encode("ascii")))
         await send({"type": "http.response.start", "status": response.status_code,
@@ -175,7 +178,8 @@ async def _send(response: HttpResponseBase, send: Send) -> None:
     if not response.streaming:
         await send({"type": "http.response.body", "body": content})
         return
-    stream = response.streaming_content  # type: ignore[attr-defined]
+    # Always an async iterator here: the relay (proxy/relay.py), or Django's page served async.
+    stream = cast(AsyncGenerator[bytes], cast(StreamingHttpResponse, response).streaming_content)
     try:
         async for chunk in stream:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})

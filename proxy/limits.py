@@ -9,7 +9,7 @@ after trying every fallback in turn. So they stop here, before anything is forwa
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+from collections.abc import Mapping
 from typing import Any
 
 # A request's headers counted as on the wire ("name: value\r\n"). Node refuses more than 16 KB
@@ -24,7 +24,7 @@ MAX_HEADERS = 256
 MAX_URL_BYTES = 16 * 1024
 
 
-def refusal(scope: MutableMapping[str, Any]) -> tuple[int, str] | None:
+def refusal(scope: Mapping[str, Any]) -> tuple[int, str] | None:
     """(status, message) when the request is too large to take. The message names sizes and at
     most a header's name, never a value: values are where API keys live."""
     query = scope.get("query_string") or b""

@@ -13,7 +13,7 @@ any of them, so such a target is refused with 400 before anything is forwarded.
 from __future__ import annotations
 
 import re
-from collections.abc import MutableMapping
+from collections.abc import Mapping
 from typing import Any
 
 # In the decoded path: characters whose meaning would change once forwarded, and controls.
@@ -22,7 +22,7 @@ _UNFORWARDABLE = re.compile(r"[\\?#%\x00-\x1f\x7f]")
 _ENCODED_SEPARATOR = re.compile(rb"%(2f|5c)", re.IGNORECASE)
 
 
-def refusal(scope: MutableMapping[str, Any]) -> str | None:
+def refusal(scope: Mapping[str, Any]) -> str | None:
     """Why this request's path cannot be forwarded as it is, or None when it can."""
     path: str = scope["path"]
     raw: bytes = scope.get("raw_path") or b""

@@ -19,9 +19,9 @@ import httpx
 from django.conf import settings
 from django.http import HttpResponse, HttpResponseBase, StreamingHttpResponse
 
-from proxy import answers, footer
+from proxy import footer
 from proxy.call import Call
-from proxy.providers import StreamTap
+from proxy.providers.base import StreamTap
 from proxy.sse import EventSplitter
 from proxy.upstream import TotalTimeout, timed
 from telemetry.models import Status
@@ -64,6 +64,7 @@ def respond(call: Call) -> HttpResponseBase:
         stream = StreamingHttpResponse(_relay(call, tap), status=response.status_code,
                                        headers=headers)
         # The relay writes the row as the stream ends; one that never starts is ended here.
+        # An attribute of our own that proxy/handler.py looks for: not one Django declares.
         stream.started = partial(_stream_unsent, call, tap)  # type: ignore[attr-defined]
         return stream
     return _whole(call, headers)
@@ -73,12 +74,12 @@ def _whole(call: Call, headers: dict[str, str]) -> HttpResponse:
     response, rec, provider, data = call.response, call.rec, call.provider, call.data
     assert response is not None
     answer = _loads(data) if "json" in response.headers.get("content-type", "") else None
-    rec.answer = partial(answers.text, data)  # the provider's own words, before any footer
+    rec.answer = partial(provider.answer_text, data)  # the provider's words, before any footer
     if response.is_success:
         if call.route.billable:
             rec.usage = provider.usage_from_body(answer)
-        if isinstance(answer, dict) and isinstance(answer.get("model"), str):
-            rec.model = answer["model"]
+        if (model := provider.model_from_body(answer)) is not None:
+            rec.model = model
         if call.footer_text and provider.add_footer(answer, call.footer_text):
             data = footer.dumps(answer)
         rec.finish(Status.OK)
@@ -183,7 +184,7 @@ async def _end_stream(call: Call, tap: StreamTap, status: str, error_class: str,
         rec.usage = tap.usage
     if stored is not None:
         rec.response_body = b"".join(stored).decode("utf-8", "replace")
-    rec.answer = partial(answers.of_events, tap.seen)
+    rec.answer = partial(provider.stream_answer_text, tap.seen)
     call.end(status, error_class)
 
 

@@ -15,7 +15,9 @@ from asgiref.sync import sync_to_async
 from django.db import connections
 
 from proxy import footer
-from proxy.footer import AnthropicFooter, OpenAIChatFooter, format_footer
+from proxy.footer import format_footer
+from proxy.providers.anthropic import AnthropicFooter, add_to_message
+from proxy.providers.openai import OpenAIChatFooter, add_to_chat_completion
 from telemetry import pricing
 from telemetry.models import ModelPrice
 from telemetry.record import Record
@@ -459,14 +461,14 @@ def test_it_rewrites_json_answers_only_where_the_answer_ends_in_text():
         {"index": 0, "message": {"content": "a"}, "finish_reason": "stop"},
         {"index": 1, "message": {"content": "b"}, "finish_reason": "tool_calls"},
         {"index": 2, "message": {"content": None}, "finish_reason": "stop"}]}
-    assert footer.add_to_chat_completion(completion, "F")
+    assert add_to_chat_completion(completion, "F")
     assert [c["message"]["content"] for c in completion["choices"]] == ["a\n\nF", "b", None]
-    assert not footer.add_to_chat_completion({"choices": []}, "F")
-    assert not footer.add_to_chat_completion(None, "F")
+    assert not add_to_chat_completion({"choices": []}, "F")
+    assert not add_to_chat_completion(None, "F")
 
     message = {"content": [{"type": "text", "text": "a"}], "stop_reason": "end_turn"}
-    assert footer.add_to_message(message, "F") and message["content"][0]["text"] == "a\n\nF"
+    assert add_to_message(message, "F") and message["content"][0]["text"] == "a\n\nF"
     thinking_last = {"content": [{"type": "thinking", "thinking": "x"}], "stop_reason": None}
-    assert not footer.add_to_message(thinking_last, "F")
+    assert not add_to_message(thinking_last, "F")
     tool = {"content": [{"type": "text", "text": "a"}], "stop_reason": "tool_use"}
-    assert not footer.add_to_message(tool, "F") and tool["content"][0]["text"] == "a"
+    assert not add_to_message(tool, "F") and tool["content"][0]["text"] == "a"

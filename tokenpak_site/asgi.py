@@ -33,6 +33,4 @@ def _stop() -> None:
 
 
 # Proxy routes skip Django's middleware and per-request signals (proxy/handler.py says why).
-# (The ignore: Django's handler is typed for a dict scope, ProxyFirst's ASGI app for a
-# MutableMapping one; the right fix widens handler.py's alias.)
-application = ProxyFirst(django_application, on_stop=_stop)  # type: ignore[arg-type]
+application = ProxyFirst(django_application, on_stop=_stop)

@@ -2,6 +2,9 @@
 
 Every setting has an environment name and a dotted key in config.yaml (e.g. TOKENPAK_PORT and
 `server.port`). Bad values stop the process with one clear line instead of limping on.
+
+Over 500 lines because it is the one registry of settings: the KEYS table, the providers' registry
+lines and the parsers they name are read together; split, a new setting would land in two places.
 """
 
 from __future__ import annotations
@@ -35,9 +38,34 @@ class Key:
     choices: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class ProviderEntry:
+    """One line of the provider registry. Strings only, like INSTALLED_APPS: this layer imports
+    no app; proxy/providers loads the class."""
+
+    name: str  # the ledger's provider column; config keys providers.NAME.*
+    label: str  # how people name it
+    base_url: str  # its API, the default of providers.NAME.base_url
+    implementation: str  # dotted path of its proxy.providers.base.Provider subclass
+
+
+# The provider registry: settings (settings.PROVIDERS), these KEYS and the proxy's routes are
+# generated from it. A provider is one module under proxy/providers and one line here.
+PROVIDERS: tuple[ProviderEntry, ...] = (
+    ProviderEntry("openai", "OpenAI", "https://api.openai.com", "proxy.providers.openai.OpenAI"),
+    ProviderEntry("anthropic", "Anthropic", "https://api.anthropic.com",
+                  "proxy.providers.anthropic.Anthropic"),
+)
+
+
+def _provider_keys() -> list[Key]:
+    return [Key(f"TOKENPAK_{p.name.upper()}_BASE_URL", f"providers.{p.name}.base_url",
+                f"{p.label} upstream", kind="url", default=p.base_url) for p in PROVIDERS]
+
+
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
-# The single list of settings: settings.py, the README table and `config get/set` read it.
+# The single list of settings: settings.py, docs/SETTINGS.md (tokenpak_site/settings_doc.py) and `config get/set` read it.
 KEYS: dict[str, Key] = {
     k.path: k
     for k in [
@@ -59,10 +87,7 @@ KEYS: dict[str, Key] = {
         Key("TOKENPAK_ALLOWED_HOSTS", "server.allowed_hosts",
             "Host names this server answers to besides the loopback ones (comma-separated)",
             kind="hosts", default=()),
-        Key("TOKENPAK_OPENAI_BASE_URL", "providers.openai.base_url", "OpenAI upstream",
-            kind="url", default="https://api.openai.com"),
-        Key("TOKENPAK_ANTHROPIC_BASE_URL", "providers.anthropic.base_url", "Anthropic upstream",
-            kind="url", default="https://api.anthropic.com"),
+        *_provider_keys(),  # TOKENPAK_OPENAI_BASE_URL, providers.openai.base_url, ...
         Key("TOKENPAK_CONNECT_TIMEOUT", "providers.connect_timeout", "seconds to connect upstream",
             kind="float", default=10.0, lo=0.1, hi=600.0),
         # Reasoning models can think for minutes before the first byte.
@@ -310,6 +335,27 @@ class Fallback:
     def host(self) -> str:
         parts = urlsplit(self.base_url)
         return parts.netloc
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    """A provider's registry line with its values for this process (settings.PROVIDERS)."""
+
+    name: str
+    label: str
+    base_url: str
+    fallbacks: tuple[Fallback, ...]  # tried in order when it fails before answering
+    implementation: str
+
+
+def provider_settings(config: Config, file: dict[str, Any], environ: Any,
+                      ) -> dict[str, ProviderSettings]:
+    """{name: ProviderSettings} in registry order: providers.NAME.base_url, .fallbacks."""
+    # Every base URL before any fallback: the first bad value reported is the same as ever.
+    urls = {p.name: config.get(f"providers.{p.name}.base_url") for p in PROVIDERS}
+    return {p.name: ProviderSettings(p.name, p.label, urls[p.name],
+                                     fallbacks(file, p.name, environ), p.implementation)
+            for p in PROVIDERS}
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

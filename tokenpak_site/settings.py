@@ -31,12 +31,15 @@ try:
     # X-TokenPak-Token (proxy/auth.py).
     REQUIRE_TOKEN = _cfg.get("server.require_token")
     _extra_hosts = _cfg.get("server.allowed_hosts")
-    OPENAI_BASE_URL = _cfg.get("providers.openai.base_url")
-    ANTHROPIC_BASE_URL = _cfg.get("providers.anthropic.base_url")
     _file = conf.load_yaml(TOKENPAK_HOME / "config.yaml")
-    # Tried in order when the provider fails before answering (proxy/forward.py).
-    OPENAI_FALLBACKS = conf.fallbacks(_file, "openai", os.environ)
-    ANTHROPIC_FALLBACKS = conf.fallbacks(_file, "anthropic", os.environ)
+    # Each provider of the registry (conf.PROVIDERS): its base URL, and its fallbacks, tried in
+    # order when it fails before answering (proxy/forward.py).
+    PROVIDERS = conf.provider_settings(_cfg, _file, os.environ)
+    # The names from before the registry, for scripts that read them; TokenPak reads PROVIDERS.
+    OPENAI_BASE_URL = PROVIDERS["openai"].base_url
+    ANTHROPIC_BASE_URL = PROVIDERS["anthropic"].base_url
+    OPENAI_FALLBACKS = PROVIDERS["openai"].fallbacks
+    ANTHROPIC_FALLBACKS = PROVIDERS["anthropic"].fallbacks
     UPSTREAM_CONNECT_TIMEOUT = _cfg.get("providers.connect_timeout")
     UPSTREAM_READ_TIMEOUT = _cfg.get("providers.read_timeout")
     UPSTREAM_TOTAL_TIMEOUT = _cfg.get("providers.total_timeout")

@@ -25,12 +25,14 @@ import json
 import logging
 import threading
 import time
-from collections import Counter, OrderedDict
-from collections.abc import Iterable
+from collections import Counter, OrderedDict, defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from proxy.compression import counting
 from proxy.compression import recipes as recipes_mod
+from proxy.compression.counting import Savings
 from proxy.compression.recipes import (
     PROFILES,
     RANK,
@@ -41,9 +43,10 @@ from proxy.compression.recipes import (
     State,
     index_lines,
 )
-from proxy.compression.segments import CODE, KINDS, PROSE, TOOL, segmentize
+from proxy.compression.segments import CODE, KINDS, PROSE, TOOL, Piece, segmentize
 
-__all__ = ["PROFILES", "Outcome", "Piece", "RecipeError", "compress", "parse_profile"]
+__all__ = ["PROFILES", "Outcome", "Piece", "RecipeError", "Savings", "Slots", "compress",
+           "parse_profile", "register_slots"]
 
 log = logging.getLogger("tokenpak.compression")
 
@@ -52,16 +55,6 @@ DEDUP_MIN_CHARS = 300
 # Longer texts are not compressed: a regular expression holds the GIL for a whole text (some
 # 60 ms a MB here, every thread waiting), and a MB of text is about 250,000 tokens already.
 MAX_TEXT_CHARS = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Piece:
-    """One segment of one message's text, before and after compression."""
-
-    message: int
-    kind: str
-    before: str
-    after: str
 
 
 @dataclass
@@ -77,25 +70,11 @@ class Outcome:
 
     def savings(self, model: str) -> Savings:
         """Token figures, counting only text (cached by content: re-sent history is free)."""
-        from proxy.compression import counting
-
-        return counting.savings(self, model)
+        return counting.savings(self.pieces, self.new_from, model)
 
     def footer_figures(self, model: str) -> tuple[int, int]:
         """(tokens saved, tokens of the messages before compression), for the stats footer."""
-        from proxy.compression import counting
-
-        return counting.footer_figures(self, model)
-
-
-@dataclass
-class Savings:
-    tokens_saved: int = 0
-    saved_prior: int = 0  # in messages the previous request already carried (cache reads)
-    saved_new: int = 0
-    new_after: int = 0  # tokens of the new messages' text as sent
-    segments: dict[str, tuple[int, int]] = field(default_factory=dict)  # kind → (raw, after)
-    estimated: bool = False  # counted with an approximate tokenizer (Claude)
+        return counting.footer_figures(self.pieces, self.new_from, self.payload, model)
 
 
 def parse_profile(value: str | None, default: str) -> tuple[str, str]:
@@ -109,13 +88,16 @@ def parse_profile(value: str | None, default: str) -> tuple[str, str]:
     return profile, ""
 
 
-def compress(provider: str, payload: dict[str, Any], profile: str) -> Outcome:
+def compress(provider: str, payload: dict[str, Any], profile: str,
+             slots: Slots | None = None) -> Outcome:
+    """The request as compressed by `profile`; `slots` says where its provider keeps the text
+    (by default the rule registered for `provider`)."""
     messages = payload.get("messages")
     outcome = Outcome(profile=profile, payload=payload)
     if profile == "off" or not isinstance(messages, list) or not messages:
         return outcome
     try:
-        return _compress(provider, payload, messages, profile, outcome)
+        return _compress(provider, payload, messages, profile, outcome, slots or _slots[provider])
     except Exception:  # never fail a request for compression's sake: send it as it came
         log.exception("compression failed; the request is forwarded unchanged")
         return Outcome(profile=profile, payload=payload, skipped="compression error")
@@ -138,7 +120,7 @@ class _Node:
 
 class _Timer:
     def __init__(self) -> None:
-        self.ms: Counter[str] = Counter()
+        self.ms: dict[str, float] = defaultdict(float)
 
     def add(self, stage: str, since: float) -> float:
         now = time.perf_counter()
@@ -147,12 +129,11 @@ class _Timer:
 
 
 def _compress(
-    provider: str, payload: dict, messages: list, profile: str, outcome: Outcome
+    provider: str, payload: dict, messages: list, profile: str, outcome: Outcome, slots_of: Slots
 ) -> Outcome:
     with _lock:
         rules = _rules(profile)
         version = _version
-    slots_of = _anthropic_slots if provider == "anthropic" else _openai_slots
     timer = _Timer()
     t = time.perf_counter()
     # The provider is part of the key: the same messages have different text slots in each
@@ -205,7 +186,7 @@ def _compress(
 
 
 def _process(
-    i: int, message: Any, slots_of: Any, rules: _Rules, state: State, timer: _Timer
+    i: int, message: Any, slots_of: Slots, rules: _Rules, state: State, timer: _Timer
 ) -> _Node:
     t = time.perf_counter()
     slots = slots_of(message)
@@ -298,58 +279,17 @@ def _last_assistant(messages: list) -> int:
 # --- where the text is, per provider ---------------------------------------------------------
 
 Path_ = tuple[Any, ...]
+# A provider's rule for one message: where compression may change text, as (path, text, whether
+# it is a tool's output). The provider's own (Provider.compression_slots): compression knows no
+# provider's shape.
+Slots = Callable[[Any], list[tuple[Path_, str, bool]]]
+_slots: dict[str, Slots] = {}
 
 
-def _openai_slots(message: Any) -> list[tuple[Path_, str, bool]]:
-    """User text and tool results of chat completions; every other role passes through."""
-    if not isinstance(message, dict):
-        return []
-    role = message.get("role")
-    if role not in ("user", "tool", "function"):
-        return []
-    tool = role != "user"
-    content = message.get("content")
-    if isinstance(content, str):
-        return [(("content",), content, tool)]
-    if isinstance(content, list):
-        return [
-            (("content", j, "text"), part["text"], tool)
-            for j, part in enumerate(content)
-            if isinstance(part, dict) and part.get("type") == "text"
-            and isinstance(part.get("text"), str)
-        ]
-    return []
-
-
-def _anthropic_slots(message: Any) -> list[tuple[Path_, str, bool]]:
-    """User text blocks and tool_result contents; tool_use, images, documents, thinking and
-    cache_control markers are left as they are."""
-    if not isinstance(message, dict) or message.get("role") != "user":
-        return []
-    content = message.get("content")
-    if isinstance(content, str):
-        return [(("content",), content, False)]
-    if not isinstance(content, list):
-        return []
-    slots: list[tuple[Path_, str, bool]] = []
-    for j, block in enumerate(content):
-        if not isinstance(block, dict):
-            continue
-        kind = block.get("type")
-        if kind == "text" and isinstance(block.get("text"), str):
-            slots.append((("content", j, "text"), block["text"], False))
-        elif kind == "tool_result":
-            inner = block.get("content")
-            if isinstance(inner, str):
-                slots.append((("content", j, "content"), inner, True))
-            elif isinstance(inner, list):
-                slots.extend(
-                    (("content", j, "content", k, "text"), b["text"], True)
-                    for k, b in enumerate(inner)
-                    if isinstance(b, dict) and b.get("type") == "text"
-                    and isinstance(b.get("text"), str)
-                )
-    return slots
+def register_slots(provider: str, slots: Slots) -> None:
+    """The slot rule compress() uses for `provider` when none is passed (proxy's AppConfig.ready
+    registers each provider's)."""
+    _slots[provider] = slots
 
 
 def _rebuild(message: Any, changes: list[tuple[Path_, str]]) -> Any:

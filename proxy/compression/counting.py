@@ -1,4 +1,4 @@
-"""Token figures for an Outcome, counted only where text changed, memoised by content.
+"""Token figures for a compressed request, counted only where text changed, memoised by content.
 
 Runs in the ledger writer (or, with the stats footer on, once before forwarding). A history
 that is re-sent every turn is counted once: its texts are already in the cache.
@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
+from proxy.compression.segments import Piece
 from telemetry import tokens
-
-if TYPE_CHECKING:
-    from proxy.compression import Outcome, Savings
 
 _lock = threading.Lock()
 _counts: OrderedDict[tuple[str, int, int], int] = OrderedDict()
@@ -37,13 +37,22 @@ def count(text: str, encoding: str) -> int:
     return n
 
 
-def savings(outcome: Outcome, model: str) -> Savings:
-    from proxy.compression import Savings
+@dataclass
+class Savings:
+    tokens_saved: int = 0
+    saved_prior: int = 0  # in messages the previous request already carried (cache reads)
+    saved_new: int = 0
+    new_after: int = 0  # tokens of the new messages' text as sent
+    segments: dict[str, tuple[int, int]] = field(default_factory=dict)  # kind → (raw, after)
+    estimated: bool = False  # counted with an approximate tokenizer (Claude)
 
+
+def savings(pieces: Sequence[Piece], new_from: int, model: str) -> Savings:
+    """What compression saved in `pieces`; messages from `new_from` on are new this turn."""
     encoding = tokens.encoding_for(model)
     result = Savings(estimated=not _exact_for(model))
     per_kind: dict[str, list[int]] = {}
-    for piece in outcome.pieces:
+    for piece in pieces:
         raw = count(piece.before, encoding)
         after = raw if piece.after is piece.before else count(piece.after, encoding)
         slot = per_kind.setdefault(piece.kind, [0, 0])
@@ -51,7 +60,7 @@ def savings(outcome: Outcome, model: str) -> Savings:
         slot[1] += after
         saved = raw - after
         result.tokens_saved += saved
-        if piece.message < outcome.new_from:
+        if piece.message < new_from:
             result.saved_prior += saved
         else:
             result.saved_new += saved
@@ -66,17 +75,19 @@ def _exact_for(model: str) -> bool:
     return m.startswith(("gpt-", "o1", "o3", "o4", "chatgpt", "text-embedding"))
 
 
-def footer_figures(outcome: Outcome, model: str) -> tuple[int, int]:
-    s = savings(outcome, model)
+def footer_figures(pieces: Sequence[Piece], new_from: int, payload: dict[str, Any], model: str,
+                   ) -> tuple[int, int]:
+    """(tokens saved, tokens of the messages before compression) of a compressed payload."""
+    s = savings(pieces, new_from, model)
     encoding = tokens.encoding_for(model)
-    covered = {p.message for p in outcome.pieces}
+    covered = {p.message for p in pieces}
     before = sum(raw for raw, _ in s.segments.values())
-    for i, message in enumerate(outcome.payload.get("messages") or []):
+    for i, message in enumerate(payload.get("messages") or []):
         if i not in covered and isinstance(message, dict):
             content = message.get("content")
             if isinstance(content, str):
                 before += count(content, encoding)
-    system = outcome.payload.get("system")
+    system = payload.get("system")
     if isinstance(system, str):
         before += count(system, encoding)
     return max(0, s.tokens_saved), before

@@ -10,9 +10,20 @@ import bisect
 import json
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 CODE, JSON, MARKDOWN, TOOL, PROSE = "code", "json", "markdown", "tool", "prose"
 KINDS = (CODE, JSON, MARKDOWN, TOOL, PROSE)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One segment of one message's text, before and after compression."""
+
+    message: int
+    kind: str
+    before: str
+    after: str
 
 # A line that may open or close a fence: indent, three or more ` or ~, the rest of the line.
 _FENCE_LINE = re.compile(r"^([ \t]*)(`{3,}|~{3,})([^\n]*)(\n|\Z)", re.M)

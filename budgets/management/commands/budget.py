@@ -51,7 +51,7 @@ class Command(ReportCommand):
         route.add_argument("model")
         route.add_argument("cheaper", nargs="?")
         route.add_argument("--default", action="store_true", help="back to the default")
-        route.add_argument("--provider", default="", choices=["", "openai", "anthropic"])
+        route.add_argument("--provider", default="", choices=["", *settings.PROVIDERS])
 
     def handle(self, *args: Any, **options: Any) -> None:
         if telemetry_off(self, options.get("json", False)):

@@ -1,6 +1,7 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
+from proxy.providers import REGISTRY
 from tokenpak_site import conf
 
 
@@ -9,16 +10,16 @@ class Command(BaseCommand):
 
     def handle(self, *args: object, **options: object) -> None:
         base = f"http://{settings.URL_HOST}:{settings.TOKENPAK_PORT}"
-        self.stdout.write(f"OpenAI SDK:     base_url={base}/v1  (OPENAI_BASE_URL={base}/v1)")
-        self.stdout.write(f"Anthropic SDK:  base_url={base}  (ANTHROPIC_BASE_URL={base})")
-        self.stdout.write(f"Claude Code:    ANTHROPIC_BASE_URL={base} claude")
+        for provider in REGISTRY.values():
+            for client, how in provider.client_lines(base):
+                self.stdout.write(f"{client + ':':<16}{how}")
         if not conf.is_loopback(settings.TOKENPAK_HOST):
             self.stdout.write(f"Listening on:   {settings.TOKENPAK_HOST} (Host names answered: "
                               f"{', '.join(settings.ALLOWED_HOSTS)})")
         if settings.REQUIRE_TOKEN:
             self.stdout.write("Token:          every proxy request sends X-TokenPak-Token "
                               "(`tokenpak token` prints it)")
-        upstreams = f"{settings.OPENAI_BASE_URL}, {settings.ANTHROPIC_BASE_URL}"
+        upstreams = ", ".join(provider.base_url for provider in REGISTRY.values())
         self.stdout.write(f"Upstreams:      {upstreams}")
         ledger = settings.TOKENPAK_DB_LABEL if settings.TELEMETRY_ENABLED else "off (/dev/null)"
         self.stdout.write(f"Ledger:         {ledger}")

@@ -55,7 +55,7 @@ class Command(ReportCommand):
         if options["full"]:
             w(f"Newest row: {data['newest'] or '-'}")
             w(f"Prices:     {data['price_overrides']} override(s) over the shipped catalog")
-            w(f"Upstreams:  {settings.OPENAI_BASE_URL}, {settings.ANTHROPIC_BASE_URL}")
+            w(f"Upstreams:  {', '.join(p.base_url for p in settings.PROVIDERS.values())}")
             w(f"Home:       {settings.TOKENPAK_HOME}")
             for title, key in (("By provider", "by_provider"), ("By status", "by_status")):
                 w(f"{title}:")

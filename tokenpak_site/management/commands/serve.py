@@ -1,7 +1,7 @@
 """`tokenpak serve`: the production command. Migrates, prints the endpoints, serves with uvicorn.
 
 uvicorn on uvloop with the httptools parser measured best of daphne, uvicorn and granian for
-this app on the proxy routes (bench/overhead.py; README "Performance"). `runserver` stays
+this app on the proxy routes (bench/overhead.py; docs/PERFORMANCE.md). `runserver` stays
 daphne's, for development. `--workers N` runs N processes on one listening socket, each with
 its own event loop, upstream client and ledger writer; they share the ledger (SQLite in WAL
 mode with IMMEDIATE transactions, or PostgreSQL) and the budgets (their leases).

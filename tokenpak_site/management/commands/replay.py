@@ -25,14 +25,15 @@ import httpx
 from django.conf import settings
 from django.core.management.base import CommandError, CommandParser
 
-from proxy import answers, upstream
+from proxy import upstream
+from proxy.providers import REGISTRY, Provider
 from telemetry import reports, retention
 from telemetry.commandline import ReportCommand, telemetry_off
 from telemetry.models import Capture, Event
 from telemetry.writer import writer
 from tokenpak_site.text import shown
 
-KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+KEYS = {name: provider.api_key_env for name, provider in REGISTRY.items()}
 AGENT = "replay"
 DEFAULT_LAST = 20
 HOW_TO_KEEP = (
@@ -68,7 +69,7 @@ class Result:
 class Command(ReportCommand):
     help = ("Send a captured request again through TokenPak: `replay list [--last N]`, or "
             "`replay TRACE_ID [--no-compress] [--model M] [--diff]`; the key comes from "
-            "OPENAI_API_KEY / ANTHROPIC_API_KEY, since none is ever stored.")
+            f"{' / '.join(KEYS.values())}, since none is ever stored.")
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("target", metavar="list|TRACE_ID",
@@ -121,10 +122,11 @@ class Command(ReportCommand):
 
     def replay(self, trace_id: str, options: dict[str, Any]) -> None:
         stored = load(trace_id)
-        credentials = _credentials(stored.event.provider)
+        provider = _provider(stored.event.provider)
+        credentials = _credentials(provider)
         body = _with_model(stored, options["model"]) if options["model"] else stored.body
-        headers = _headers(stored, credentials, options["no_compress"])
-        result = send(stored.method, stored.path, headers, body)
+        headers = _headers(stored, provider, credentials, options["no_compress"])
+        result = send(provider, stored.method, stored.path, headers, body)
         profile = ("off (--no-compress)" if options["no_compress"]
                    else stored.profile or settings.COMPRESSION_PROFILE)
         if options["diff"]:
@@ -198,13 +200,17 @@ def load(trace_id: str) -> Stored:
                       [(name, value) for name, value in capture.headers],
                       capture.original_body.encode(), capture.profile, capture.response_text)
     if event.request_body:
+        provider = REGISTRY.get(event.provider)
+        kept = event.response_body or ""
+        answer = provider.answer_text(kept) if provider else kept
         return Stored(event, "stored", "POST", event.endpoint, [], event.request_body.encode(),
-                      "", answers.text(event.response_body))
+                      "", answer)
     raise CommandError(f"replay: request {trace_id} was not captured, so there is no body to "
                        f"send again: TokenPak keeps none unless asked; {HOW_TO_KEEP}")
 
 
-def send(method: str, path: str, headers: list[tuple[str, str]], body: bytes) -> Result:
+def send(provider: Provider, method: str, path: str, headers: list[tuple[str, str]],
+         body: bytes) -> Result:
     """One request through the whole pipeline, in this process; waits for its ledger row."""
     # The application a server runs; importing it applies config.yaml's budgets (database
     # work: before the event loop starts), as serving does.
@@ -219,7 +225,7 @@ def send(method: str, path: str, headers: list[tuple[str, str]], body: bytes) ->
     writer.flush()
     trace_id = response.headers.get("x-tokenpak-trace-id", "")
     event = Event.objects.select_related("usage", "cost").filter(trace_id=trace_id).first()
-    return Result(trace_id, response.status_code, event, answers.text(response.content))
+    return Result(trace_id, response.status_code, event, provider.answer_text(response.content))
 
 
 async def _send(
@@ -235,29 +241,31 @@ async def _send(
         await upstream.upstream().aclose()  # its loop ends with asyncio.run
 
 
-def _credentials(provider: str) -> list[tuple[str, str]]:
-    name = KEYS.get(provider)
-    if name is None:
-        raise CommandError(f"replay: cannot replay a request to provider {provider!r}")
+def _provider(name: str) -> Provider:
+    provider = REGISTRY.get(name)
+    if provider is None:
+        raise CommandError(f"replay: cannot replay a request to provider {name!r}")
+    return provider
+
+
+def _credentials(provider: Provider) -> list[tuple[str, str]]:
+    name = provider.api_key_env
     key = os.environ.get(name, "").strip()
     if not key:
         raise CommandError(f"replay: {name} is not set: TokenPak never stores API keys, so a "
                            f"replay sends yours from the environment (export {name}=…)")
-    if provider == "openai":
-        return [("authorization", f"Bearer {key}")]
-    return [("x-api-key", key)]
+    return provider.with_key([], key)
 
 
 def _headers(
-    stored: Stored, credentials: list[tuple[str, str]], no_compress: bool
+    stored: Stored, provider: Provider, credentials: list[tuple[str, str]], no_compress: bool
 ) -> list[tuple[str, str]]:
     headers = [(n, v) for n, v in stored.headers
                if n.lower() not in _OWN and not n.lower().startswith("x-tokenpak-")]
     names = {n.lower() for n, _ in headers}
     if "content-type" not in names:
         headers.append(("content-type", "application/json"))
-    if stored.event.provider == "anthropic" and "anthropic-version" not in names:
-        headers.append(("anthropic-version", "2023-06-01"))
+    headers += [(n, v) for n, v in provider.required_headers if n not in names]
     headers += credentials
     headers.append(("x-tokenpak-agent", AGENT))  # spend is real: its row says what it was
     if no_compress:
