@@ -65,7 +65,8 @@ def _provider_keys() -> list[Key]:
 
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
-# The single list of settings: settings.py, docs/SETTINGS.md (tokenpak_site/settings_doc.py) and `config get/set` read it.
+# The single list of settings: settings.py, docs/SETTINGS.md (tokenpak_site/settings_doc.py)
+# and `config get/set` read it.
 KEYS: dict[str, Key] = {
     k.path: k
     for k in [
