@@ -23,11 +23,14 @@ from collections.abc import Callable
 import httpx
 import pytest
 
+from proxy.providers import REGISTRY
 from telemetry.models import Cost, Event, Usage
 from tests.contract_clients import CLIENTS, Client
 from tests.fakes.wire import DEFAULT_TEXT
 
-PROVIDERS = ["openai", "anthropic"]  # lead: derive from proxy.providers.REGISTRY once merged
+# Every registered provider: a new one runs the whole contract as soon as its registry line exists
+# (test_contract.py then asks for its client and its fake wire module).
+PROVIDERS = list(REGISTRY)
 
 SPLITS = ["split=1", "split=1,crlf", "split=5,crlf", "split=7,crlf", "split=13,crlf"]
 
