@@ -12,6 +12,8 @@ Most requests never get that far: one that fits in the free part of this process
 admitted from memory (budgets.leases); near a limit every request goes through `admit()`.
 Requests whose agent has no budget, and every request when no budget exists at all, never touch
 the database here: which scopes have budgets is re-read by the lessor's thread.
+
+The design, and why it is safe: docs/design/leases.md.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ request that fits in the free part of every lease it needs is admitted on the ev
 memory: no query, no thread hop. The ledger writer takes its reservation off the lease row in
 the transaction that adds its cost to the counter (budgets.settlement). Near a limit leases are
 released (see `Lessor` for the sizing rule) and every request goes through admit().
+
+The design, and why it is safe: docs/design/leases.md#the-lessor-thread.
 """
 
 from __future__ import annotations

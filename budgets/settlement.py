@@ -4,6 +4,8 @@ Registered on the writer by budgets/apps.py: `settle_batch` runs inside the tran
 inserts a batch's rows (telemetry.writer.on_batch), so spend commits with the rows or not at
 all, once for every part of a batch that commits; the budget alerts run after the commit
 (budgets.alerts). `forget` runs for requests whose rows the writer gives up on for now.
+
+The design, and why it is safe: docs/design/leases.md#settlement-in-the-writers-transaction.
 """
 
 from __future__ import annotations

@@ -18,6 +18,8 @@ Each process holds an flock on its ``.state`` file for as long as it lives, and 
 there (in step, or failing since when and why: `status` reads it). A state file nobody holds is a
 stopped process's, and the next process that serves claims it and writes what its files hold.
 The state file is written in place, never grown: it still says why on a full disk.
+
+The design, and why it is safe: docs/design/spool.md.
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ or the database is down and the rows wait in the spool) goes to every `on_give_u
 set aside for good also runs the `on_batch` hooks, in a transaction of its own, with the
 request in `records` and nothing in `rows`. The `on_stop` hooks run at a clean stop, after the
 last rows are written.
+
+The design, and why it is safe: docs/design/spool.md.
 """
 
 from __future__ import annotations
