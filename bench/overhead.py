@@ -115,8 +115,7 @@ class Connection:
         if status != 200:
             raise Failed(f"HTTP {status}: {data[:300]!r}")
         if b"connection: close" in lower:
-            # BUG, kept (issue 17 changes no behaviour): never awaited, so nothing is closed.
-            self.close()  # type: ignore[unused-coroutine]
+            await self.close()  # the next request opens a new connection
         return first - started, done - started
 
     async def close(self) -> None:
