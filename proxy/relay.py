@@ -11,7 +11,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any
 
@@ -50,9 +50,6 @@ _DROP_RESPONSE = frozenset(
 # the SDKs' HTTP parser (h11) refuses an answer whose head is over 16 KB in all.
 _UNSENDABLE = re.compile(HEADER_FORBIDDEN)
 MAX_HEADER_VALUE = 8 * 1024
-
-Started = Callable[[BaseException | None], Awaitable[None]]
-
 
 def respond(call: Call) -> HttpResponseBase:
     """The client's response to the provider's answer (call.response)."""
