@@ -45,6 +45,9 @@ otherwise the exit status is 0): safe only reports; balanced ≥ 10 % and aggres
 saving under both providers; 100 % prefix stability; no request costlier than uncompressed;
 ≥ 20 MB/s with the memo. Runs in a temporary TOKENPAK_HOME with telemetry off, so only the
 shipped recipes apply (plus --recipes DIR, the way compression.recipes_dir adds a user's).
+
+Over 500 lines because it is one report: the replay, its figures and their printing read
+together, and a second module would only pass tables between them.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ stdlib so the fixture cannot drift with a third-party server's behaviour.
 
 What each provider says is its wire module's (``tests/fakes/``, shared with
 bench/); this module is the HTTP around it: routing a request to its provider,
-the ``x-fake-*`` controls, chunking, cuts, pauses and the request log.
+the ``x-fake-*`` controls, chunking, cuts, pauses and the request log. Over 500 lines because
+the controls' reference below is most of it: one place a test writer reads them all.
 
 Per-request behaviour is driven by request headers (not by attributes on the
 provider) so that tests running concurrently against one instance cannot
