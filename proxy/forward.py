@@ -23,7 +23,7 @@ from django.core.exceptions import RequestDataTooBig
 from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 
-from proxy import auth, footer, intake, limits, paths, relay, upstream
+from proxy import auth, clients, footer, intake, limits, paths, relay, upstream
 from proxy.admission import admit
 from proxy.call import Call
 from proxy.providers.base import Route
@@ -172,9 +172,15 @@ async def _try(call: Call, pool: upstream.Upstream, url: str, headers: list[tupl
                last: bool) -> bool:
     """One upstream: True when its answer is the client's, False when the next one is tried."""
     rec = call.rec
-    upstream_request = pool.client.build_request(
-        call.request.method or "POST", url, headers=headers, content=call.body or None
-    )
+    method, content = call.request.method or "POST", call.body or None
+    try:
+        upstream_request = pool.client.build_request(method, url, headers=headers,
+                                                     content=content)
+    except UnicodeEncodeError:
+        # httpx encodes str header values as ASCII; a client's value beyond it (UTF-8 bytes, read
+        # as latin-1) goes on as the bytes it came as. Rare: only then is the list copied.
+        raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+        upstream_request = pool.client.build_request(method, url, headers=raw, content=content)
     response = await in_time(pool.send(upstream_request), rec.ts)
     if response.status_code >= 500 and not last:
         await response.aclose()
@@ -222,6 +228,7 @@ async def _read_body(request: HttpRequest) -> bytes:
 
 def _upstream_headers(request: HttpRequest, rec: Record) -> list[tuple[str, str]]:
     headers: list[tuple[str, str]] = []
+    user_agent, sessions = "", {}
     for raw_name, raw_value in _scope(request)["headers"]:
         name = raw_name.decode("latin-1").lower()
         if name.startswith("x-tokenpak-"):
@@ -232,6 +239,13 @@ def _upstream_headers(request: HttpRequest, rec: Record) -> list[tuple[str, str]
                 rec.session_id = value
         elif name not in _DROP_REQUEST:
             headers.append((name, raw_value.decode("latin-1")))
+            if name == "user-agent":
+                user_agent = headers[-1][1]
+            elif name in clients.SESSION_HEADERS:
+                sessions[name] = headers[-1][1].strip()
+    if (not rec.agent_id or not rec.session_id) and (client := clients.identify(user_agent)):
+        rec.agent_id = rec.agent_id or client.agent
+        rec.session_id = rec.session_id or sessions.get(client.session_header, "")
     return headers
 
 

@@ -88,6 +88,16 @@ def test_it_records_a_client_that_leaves_before_the_provider_answers(server, fak
     assert fake.client_gone.wait(5)  # TokenPak dropped its upstream request too
 
 
+def test_it_forwards_a_header_value_beyond_ascii_as_the_bytes_it_came_as(server, fake, rows):
+    value = "café ☕".encode()  # an app's title in UTF-8, as some clients send X-Title
+    response = httpx.post(server.url + "/v1/chat/completions",
+                          json={"model": "gpt-4o", "messages": []},
+                          headers={**OPENAI_HEADERS, "x-title": value})
+    assert response.status_code == 200  # it was a 500, and no row: httpx encodes str as ASCII
+    assert fake.log[0].headers["x-title"] == value.decode("latin-1")
+    assert rows(1)[0].status == "ok"
+
+
 def test_it_reads_a_chat_body_sent_as_a_form_by_a_hand_written_curl(server, fake, rows):
     response = httpx.post(
         server.url + "/v1/chat/completions",
