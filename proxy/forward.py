@@ -1,6 +1,6 @@
 """One request's path, in stages around one context (proxy/call.py):
 
-    parse → admit → send (with failover) → respond JSON | relay stream
+    parse → admit → prepare → send (with failover) → respond JSON | relay stream
 
 Read with proxy/api.py (routes), proxy/providers (what differs per provider), proxy/admission.py
 (the steps before sending) and proxy/relay.py (the answer). Nothing here waits on the database:
