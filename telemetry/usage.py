@@ -51,6 +51,9 @@ class TokenUsage:
             input_tokens=prompt,
             output_tokens=output,
             cache_read_tokens=_int(in_details.get("cached_tokens")),
+            # gpt-5.6 and newer: prompt tokens written to the cache, billed at its write price
+            # (1.25x input); like cached_tokens, a part of the prompt tokens.
+            cache_write_tokens=_int(in_details.get("cache_write_tokens")),
             reasoning_tokens=_int(out_details.get("reasoning_tokens")),
         )
 

@@ -93,3 +93,25 @@ def test_it_passes_embeddings_and_responses_through_with_their_usage(server, fak
     assert plain.cost.cost_usd == Decimal("0.000525")
     assert streamed.status == "ok" and streamed.usage.output_tokens == 7
 
+
+
+def test_it_records_and_prices_openai_cache_writes(server, fake, rows):
+    # gpt-5.6 per million: $4 input, $0.40 cached, $5 cache write, $20 output (the catalog's).
+    chat = {"prompt_tokens": 10_000, "completion_tokens": 100, "total_tokens": 10_100,
+            "prompt_tokens_details": {"cached_tokens": 2_000, "cache_write_tokens": 3_000}}
+    responses = {"input_tokens": 10_000, "output_tokens": 100, "total_tokens": 10_100,
+                 "input_tokens_details": {"cached_tokens": 2_000, "cache_write_tokens": 3_000}}
+    c = client(server)
+    c.chat.completions.create(model="gpt-5.6", messages=MESSAGES,
+                              extra_headers={"x-fake-usage": json.dumps(chat)})
+    c.responses.create(model="gpt-5.6", input="hello",
+                       extra_headers={"x-fake-usage": json.dumps(responses)})
+    stream = c.chat.completions.create(model="gpt-5.6", messages=MESSAGES, stream=True,
+                                       extra_headers={"x-fake-usage": json.dumps(chat)})
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in stream) == DEFAULT_TEXT
+    events = rows(3)
+    for event in events:
+        assert (event.usage.input_tokens, event.usage.cache_read_tokens,
+                event.usage.cache_write_tokens) == (10_000, 2_000, 3_000)
+        # 5,000 fresh × $4 + 2,000 × $0.40 + 3,000 × $5 + 100 × $20, per million
+        assert event.cost.cost_usd == Decimal("0.0378")
