@@ -32,6 +32,16 @@ from tests.fakes.wire import DEFAULT_TEXT
 # (test_contract.py then asks for its client and its fake wire module).
 PROVIDERS = list(REGISTRY)
 
+
+def leave_at(url: str, body: dict, headers: dict[str, str], marker: bytes) -> None:
+    """Stream a request and hang up as soon as `marker` has arrived."""
+    with httpx.stream("POST", url, json=body, headers=headers) as r:
+        seen = b""
+        for chunk in r.iter_raw():
+            seen += chunk
+            if marker in seen:
+                return
+
 SPLITS = ["split=1", "split=1,crlf", "split=5,crlf", "split=7,crlf", "split=13,crlf"]
 
 # Bodies TokenPak refuses before the provider sees them, and what its 400 says.
@@ -197,13 +207,8 @@ class ProviderContract:
         p = provider
         headers = {**p.headers, "x-fake-scenario": "gate",
                    "x-fake-usage": json.dumps(p.wire.usage(input=77, output=7))}
-        with httpx.stream("POST", server.url + p.path, json=p.body(stream=True),
-                          headers=headers) as r:
-            seen = b""
-            for chunk in r.iter_raw():
-                seen += chunk
-                if p.first_delta in seen:
-                    break  # leave with the provider still holding the rest
+        leave_at(server.url + p.path, p.body(stream=True), headers, p.first_delta)
+        # (left with the provider still holding the rest)
         try:
             [event] = rows(1)
             assert event.status == "client_closed"
@@ -221,13 +226,8 @@ class ProviderContract:
             self, provider, server, fake, rows):
         p = provider
         headers = {**p.headers, "x-fake-scenario": "linger=10"}
-        with httpx.stream("POST", server.url + p.path, json=p.body(stream=True),
-                          headers=headers) as r:
-            seen = b""
-            for chunk in r.iter_raw():
-                seen += chunk
-                if p.last_event in seen:
-                    break  # the answer is whole; the provider has not closed its body yet
+        # The answer is whole when the client leaves; the provider has not closed its body yet.
+        leave_at(server.url + p.path, p.body(stream=True), headers, p.last_event)
         [event] = rows(1)
         assert (event.status, event.error_class) == ("ok", "")
         assert not event.usage.estimated and event.usage.output_tokens > 0
